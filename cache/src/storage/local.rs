@@ -1,0 +1,514 @@
+//! The local-directory backend: one file per object under a root directory.
+//!
+//! A put writes a temporary file (`.<name>.<random>.tmp`, a name no key can take) in the target's
+//! own directory, fsyncs it, renames it over the target and fsyncs the directory, so a crash at
+//! any moment leaves either the old object or the whole new one. Temporary files of interrupted
+//! puts are removed when the put is dropped; those of a crashed process remain and are skipped by
+//! `list` (garbage collection reaps them).
+
+use std::io::{self, SeekFrom};
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use futures_util::stream::{self, BoxStream};
+use tokio::fs;
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use tokio_util::io::ReaderStream;
+
+use super::{Blob, BlobKey, BlobMeta, BlobStore, ByteRange, ByteStream, StoreError};
+
+/// Size of the chunks objects are read in.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// Objects as files under a root directory.
+#[derive(Debug, Clone)]
+pub struct LocalStore {
+    root: PathBuf,
+}
+
+impl LocalStore {
+    /// A store rooted at `root`, which is created if missing.
+    pub async fn open(root: impl Into<PathBuf>) -> io::Result<LocalStore> {
+        let root = root.into();
+        fs::create_dir_all(&root).await?;
+        Ok(LocalStore { root })
+    }
+
+    /// The root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn path_of(&self, key: &BlobKey) -> PathBuf {
+        // BlobKey guarantees relative, `..`-free segments: the path stays under the root.
+        self.root.join(key.as_str())
+    }
+}
+
+fn io_err(key: &BlobKey) -> impl FnOnce(io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io {
+        key: key.clone(),
+        source,
+    }
+}
+
+/// A temporary file that is removed when dropped, unless it was renamed into place.
+struct TempFile {
+    path: Option<PathBuf>,
+}
+
+impl TempFile {
+    async fn create(dir: &Path, name: &str) -> io::Result<(TempFile, fs::File)> {
+        loop {
+            let mut random = [0u8; 8];
+            getrandom::getrandom(&mut random).map_err(io::Error::other)?;
+            let path = dir.join(format!(".{name}.{}.tmp", hex::encode(random)));
+            match fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+                .await
+            {
+                Ok(file) => return Ok((TempFile { path: Some(path) }, file)),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn path(&self) -> &Path {
+        self.path
+            .as_deref()
+            .expect("temporary file already persisted")
+    }
+
+    async fn persist(mut self, target: &Path) -> io::Result<()> {
+        let path = self.path.take().expect("temporary file already persisted");
+        if let Err(e) = fs::rename(&path, target).await {
+            self.path = Some(path);
+            return Err(e);
+        }
+        Ok(())
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if let Some(path) = self.path.take() {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// Makes a rename in `dir` durable.
+async fn sync_dir(dir: &Path) -> io::Result<()> {
+    let dir = dir.to_owned();
+    tokio::task::spawn_blocking(move || std::fs::File::open(dir)?.sync_all())
+        .await
+        .map_err(io::Error::other)?
+}
+
+#[async_trait]
+impl BlobStore for LocalStore {
+    async fn put(&self, key: &BlobKey, mut body: ByteStream) -> Result<u64, StoreError> {
+        let target = self.path_of(key);
+        let dir = target.parent().expect("object paths have a parent");
+        fs::create_dir_all(dir).await.map_err(io_err(key))?;
+        let (temp, mut file) = TempFile::create(dir, key.file_name())
+            .await
+            .map_err(io_err(key))?;
+        let mut size = 0u64;
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|source| StoreError::Body {
+                key: key.clone(),
+                source,
+            })?;
+            file.write_all(&chunk).await.map_err(io_err(key))?;
+            size += chunk.len() as u64;
+        }
+        file.flush().await.map_err(io_err(key))?;
+        file.sync_all().await.map_err(io_err(key))?;
+        drop(file);
+        tracing::trace!(key = %key, temp = %temp.path().display(), size, "persisting object");
+        temp.persist(&target).await.map_err(io_err(key))?;
+        sync_dir(dir).await.map_err(io_err(key))?;
+        Ok(size)
+    }
+
+    async fn get(
+        &self,
+        key: &BlobKey,
+        range: Option<ByteRange>,
+    ) -> Result<Option<Blob>, StoreError> {
+        let mut file = match fs::File::open(self.path_of(key)).await {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_err(key)(e)),
+        };
+        let size = file.metadata().await.map_err(io_err(key))?.len();
+        let range = match range {
+            None => 0..size,
+            Some(r) => r
+                .resolve(size)
+                .ok_or_else(|| StoreError::RangeNotSatisfiable {
+                    key: key.clone(),
+                    size,
+                })?,
+        };
+        if range.start > 0 {
+            file.seek(SeekFrom::Start(range.start))
+                .await
+                .map_err(io_err(key))?;
+        }
+        let body = ReaderStream::with_capacity(file.take(range.end - range.start), READ_CHUNK);
+        Ok(Some(Blob {
+            size,
+            range,
+            body: Box::pin(body),
+        }))
+    }
+
+    async fn head(&self, key: &BlobKey) -> Result<Option<BlobMeta>, StoreError> {
+        match fs::metadata(self.path_of(key)).await {
+            Ok(meta) if meta.is_file() => Ok(Some(BlobMeta {
+                key: key.clone(),
+                size: meta.len(),
+            })),
+            Ok(_) => Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err(key)(e)),
+        }
+    }
+
+    async fn delete(&self, key: &BlobKey) -> Result<bool, StoreError> {
+        match fs::remove_file(self.path_of(key)).await {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(io_err(key)(e)),
+        }
+    }
+
+    async fn rename(&self, from: &BlobKey, to: &BlobKey) -> Result<(), StoreError> {
+        let target = self.path_of(to);
+        let dir = target.parent().expect("object paths have a parent");
+        fs::create_dir_all(dir).await.map_err(io_err(to))?;
+        match fs::rename(self.path_of(from), &target).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(StoreError::NotFound(from.clone()));
+            }
+            Err(e) => return Err(io_err(to)(e)),
+        }
+        sync_dir(dir).await.map_err(io_err(to))
+    }
+
+    fn list(&self, prefix: &BlobKey) -> BoxStream<'static, Result<BlobMeta, StoreError>> {
+        struct Walk {
+            root: PathBuf,
+            prefix: BlobKey,
+            pending: Vec<PathBuf>,
+            current: Option<fs::ReadDir>,
+        }
+        let walk = Walk {
+            root: self.root.clone(),
+            prefix: prefix.clone(),
+            pending: vec![self.path_of(prefix)],
+            current: None,
+        };
+        stream::unfold(walk, |mut walk| async move {
+            loop {
+                let dir = match walk.current.as_mut() {
+                    Some(dir) => dir,
+                    None => {
+                        let next = walk.pending.pop()?;
+                        match fs::read_dir(&next).await {
+                            Ok(dir) => walk.current.insert(dir),
+                            Err(e)
+                                if e.kind() == io::ErrorKind::NotFound
+                                    || e.kind() == io::ErrorKind::NotADirectory =>
+                            {
+                                continue;
+                            }
+                            Err(source) => {
+                                return Some((
+                                    Err(StoreError::Io {
+                                        key: walk.prefix.clone(),
+                                        source,
+                                    }),
+                                    walk,
+                                ));
+                            }
+                        }
+                    }
+                };
+                let entry = match dir.next_entry().await {
+                    Ok(Some(entry)) => entry,
+                    Ok(None) => {
+                        walk.current = None;
+                        continue;
+                    }
+                    Err(source) => {
+                        walk.current = None;
+                        return Some((
+                            Err(StoreError::Io {
+                                key: walk.prefix.clone(),
+                                source,
+                            }),
+                            walk,
+                        ));
+                    }
+                };
+                if entry.file_name().to_string_lossy().starts_with('.') {
+                    continue;
+                }
+                let path = entry.path();
+                let meta = match entry.metadata().await {
+                    Ok(meta) => meta,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(source) => {
+                        return Some((
+                            Err(StoreError::Io {
+                                key: walk.prefix.clone(),
+                                source,
+                            }),
+                            walk,
+                        ));
+                    }
+                };
+                if meta.is_dir() {
+                    walk.pending.push(path);
+                    continue;
+                }
+                let relative = path
+                    .strip_prefix(&walk.root)
+                    .ok()
+                    .and_then(|p| p.to_str())
+                    .map(str::to_owned);
+                // Files that no key could name (not written by Kiln) are not objects.
+                if let Some(key) = relative.and_then(|r| BlobKey::new(r).ok()) {
+                    return Some((
+                        Ok(BlobMeta {
+                            key,
+                            size: meta.len(),
+                        }),
+                        walk,
+                    ));
+                }
+            }
+        })
+        .boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use futures_util::TryStreamExt;
+
+    fn key(s: &str) -> BlobKey {
+        BlobKey::new(s).unwrap()
+    }
+
+    fn body(chunks: Vec<io::Result<&'static [u8]>>) -> ByteStream {
+        Box::pin(stream::iter(
+            chunks.into_iter().map(|c| c.map(Bytes::from_static)),
+        ))
+    }
+
+    async fn read_all(blob: Blob) -> Vec<u8> {
+        blob.body
+            .try_fold(Vec::new(), |mut acc, chunk| async move {
+                acc.extend_from_slice(&chunk);
+                Ok(acc)
+            })
+            .await
+            .unwrap()
+    }
+
+    fn dir_entries(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[tokio::test]
+    async fn put_then_get_returns_the_same_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(dir.path()).await.unwrap();
+        let k = key("main/nar/abc.nar.zst");
+        let size = store
+            .put(&k, body(vec![Ok(b"hello "), Ok(b"world")]))
+            .await
+            .unwrap();
+        assert_eq!(size, 11);
+        let blob = store.get(&k, None).await.unwrap().unwrap();
+        assert_eq!((blob.size, blob.range.clone()), (11, 0..11));
+        assert_eq!(read_all(blob).await, b"hello world");
+        assert_eq!(
+            store.head(&k).await.unwrap(),
+            Some(BlobMeta {
+                key: k.clone(),
+                size: 11
+            })
+        );
+        assert_eq!(
+            dir_entries(&dir.path().join("main/nar")),
+            vec!["abc.nar.zst"]
+        );
+    }
+
+    #[tokio::test]
+    async fn ranges_select_bytes_and_unsatisfiable_ranges_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(dir.path()).await.unwrap();
+        let k = key("a/b");
+        store.put(&k, body(vec![Ok(b"0123456789")])).await.unwrap();
+        let blob = store
+            .get(&k, Some(ByteRange::Inclusive(2, 4)))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(blob.range, 2..5);
+        assert_eq!(read_all(blob).await, b"234");
+        let blob = store
+            .get(&k, Some(ByteRange::Suffix(3)))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(read_all(blob).await, b"789");
+        let err = store.get(&k, Some(ByteRange::From(10))).await.unwrap_err();
+        assert!(
+            matches!(err, StoreError::RangeNotSatisfiable { size: 10, .. }),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn failed_body_leaves_nothing_and_keeps_the_old_object() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(dir.path()).await.unwrap();
+        let k = key("c/x.narinfo");
+        store.put(&k, body(vec![Ok(b"old")])).await.unwrap();
+        let err = store
+            .put(
+                &k,
+                body(vec![
+                    Ok(b"partial new"),
+                    Err(io::Error::other("client went away")),
+                ]),
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Body { .. }), "{err}");
+        assert_eq!(
+            read_all(store.get(&k, None).await.unwrap().unwrap()).await,
+            b"old"
+        );
+        assert_eq!(
+            dir_entries(&dir.path().join("c")),
+            vec!["x.narinfo"],
+            "temporary file left behind"
+        );
+
+        let fresh = key("c/new");
+        assert!(
+            store
+                .put(&fresh, body(vec![Ok(b"x"), Err(io::Error::other("boom"))]))
+                .await
+                .is_err()
+        );
+        assert_eq!(store.head(&fresh).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn cancelled_put_leaves_no_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(dir.path()).await.unwrap();
+        let k = key("c/slow");
+        // A body that yields one chunk, then reports that it was asked for more and never ends.
+        let (asked_tx, asked_rx) = tokio::sync::oneshot::channel::<()>();
+        let first = stream::once(async { Ok(Bytes::from_static(b"first chunk")) });
+        let stall = stream::once(async move {
+            let _ = asked_tx.send(());
+            std::future::pending::<io::Result<Bytes>>().await
+        });
+        let put = store.put(&k, Box::pin(first.chain(stall)));
+        tokio::select! {
+            result = put => panic!("put finished without its body ending: {result:?}"),
+            _ = asked_rx => {}
+        }
+        assert_eq!(dir_entries(&dir.path().join("c")), Vec::<String>::new());
+        assert_eq!(store.head(&k).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn missing_objects_are_none_and_delete_reports_absence() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(dir.path()).await.unwrap();
+        let k = key("m/none");
+        assert!(store.get(&k, None).await.unwrap().is_none());
+        assert_eq!(store.head(&k).await.unwrap(), None);
+        assert!(!store.delete(&k).await.unwrap());
+        store.put(&k, body(vec![Ok(b"1")])).await.unwrap();
+        assert!(store.delete(&k).await.unwrap());
+        assert_eq!(store.head(&k).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn rename_moves_and_replaces() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(dir.path()).await.unwrap();
+        let (from, to) = (key("m/tmp/upload1"), key("m/nar/final.nar.zst"));
+        store.put(&from, body(vec![Ok(b"new")])).await.unwrap();
+        store.put(&to, body(vec![Ok(b"old")])).await.unwrap();
+        store.rename(&from, &to).await.unwrap();
+        assert_eq!(store.head(&from).await.unwrap(), None);
+        assert_eq!(
+            read_all(store.get(&to, None).await.unwrap().unwrap()).await,
+            b"new"
+        );
+        assert!(matches!(
+            store.rename(&from, &to).await,
+            Err(StoreError::NotFound(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn list_walks_a_folder_and_skips_temporary_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(dir.path()).await.unwrap();
+        for k in [
+            "m/nix-cache-info",
+            "m/a.narinfo",
+            "m/nar/x.nar.zst",
+            "m/log/y.drv",
+            "other/z",
+        ] {
+            store.put(&key(k), body(vec![Ok(b"12")])).await.unwrap();
+        }
+        std::fs::write(dir.path().join("m/nar/.x.nar.zst.1234.tmp"), b"partial").unwrap();
+        let mut listed: Vec<(String, u64)> = store
+            .list(&key("m"))
+            .map_ok(|m| (m.key.to_string(), m.size))
+            .try_collect()
+            .await
+            .unwrap();
+        listed.sort();
+        assert_eq!(
+            listed,
+            vec![
+                ("m/a.narinfo".to_owned(), 2),
+                ("m/log/y.drv".to_owned(), 2),
+                ("m/nar/x.nar.zst".to_owned(), 2),
+                ("m/nix-cache-info".to_owned(), 2)
+            ]
+        );
+        let none: Vec<BlobMeta> = store.list(&key("absent")).try_collect().await.unwrap();
+        assert!(none.is_empty());
+    }
+}
