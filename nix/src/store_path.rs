@@ -75,7 +75,10 @@ impl StoreDir {
     pub fn make_store_path(&self, path_type: &str, inner: &Hash, name: &str) -> StorePath {
         let s = format!("{path_type}:{}:{}:{name}", inner.to_typed_base16(), self.0);
         let digest = Hash::sha256(s.as_bytes());
-        StorePath { digest: compress_hash(digest.as_bytes()), name: name.to_owned() }
+        StorePath {
+            digest: compress_hash(digest.as_bytes()),
+            name: name.to_owned(),
+        }
     }
 }
 
@@ -119,9 +122,14 @@ impl StorePath {
         let (hash_part, rest) = base.split_at(HASH_CHARS);
         let digest = base32::decode(hash_part, HASH_BYTES)
             .map_err(|_| StorePathError::BadHash(base.to_owned()))?;
-        let name = rest.strip_prefix('-').ok_or_else(|| StorePathError::NoDash(base.to_owned()))?;
+        let name = rest
+            .strip_prefix('-')
+            .ok_or_else(|| StorePathError::NoDash(base.to_owned()))?;
         validate_name(base, name)?;
-        Ok(StorePath { digest: digest.try_into().expect("decoded to 20 bytes"), name: name.to_owned() })
+        Ok(StorePath {
+            digest: digest.try_into().expect("decoded to 20 bytes"),
+            name: name.to_owned(),
+        })
     }
 
     /// Parses an absolute path in the default store, `/nix/store`.
@@ -164,7 +172,10 @@ pub fn validate_name(path: &str, name: &str) -> Result<(), StorePathError> {
         return Err(StorePathError::NameTooLong(path.to_owned()));
     }
     if let Some(ch) = name.chars().find(|&c| !is_name_char(c)) {
-        return Err(StorePathError::BadNameChar { path: path.to_owned(), ch });
+        return Err(StorePathError::BadNameChar {
+            path: path.to_owned(),
+            ch,
+        });
     }
     Ok(())
 }
@@ -190,7 +201,11 @@ impl FromStr for StorePath {
 
     /// Accepts an absolute path in `/nix/store` or a bare base name.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        if s.starts_with('/') { StorePath::parse(s) } else { StorePath::from_base_name(s) }
+        if s.starts_with('/') {
+            StorePath::parse(s)
+        } else {
+            StorePath::from_base_name(s)
+        }
     }
 }
 
@@ -223,12 +238,18 @@ mod tests {
 
     #[test]
     fn refuses_invalid_paths() {
-        assert!(matches!(StorePath::parse("/tmp/x"), Err(StorePathError::NotInStore { .. })));
+        assert!(matches!(
+            StorePath::parse("/tmp/x"),
+            Err(StorePathError::NotInStore { .. })
+        ));
         assert!(matches!(
             StorePath::parse(&format!("/nix/store/{BASE}/bin")),
             Err(StorePathError::NotInStore { .. })
         ));
-        assert!(matches!(StorePath::from_base_name("abc"), Err(StorePathError::TooShort(_))));
+        assert!(matches!(
+            StorePath::from_base_name("abc"),
+            Err(StorePathError::TooShort(_))
+        ));
         assert!(matches!(
             StorePath::from_base_name("eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee-x"),
             Err(StorePathError::BadHash(_))
@@ -242,6 +263,9 @@ mod tests {
             Err(StorePathError::BadNameChar { ch: '/', .. })
         ));
         let long = format!("7rjj86a15146cq1d3qy068lml7n8ykzm-{}", "a".repeat(212));
-        assert!(matches!(StorePath::from_base_name(&long), Err(StorePathError::NameTooLong(_))));
+        assert!(matches!(
+            StorePath::from_base_name(&long),
+            Err(StorePathError::NameTooLong(_))
+        ));
     }
 }
