@@ -99,6 +99,16 @@ pub enum SigningError {
         /// Bytes found.
         actual: usize,
     },
+    /// The data after the `:` is far too long to be what it should be.
+    #[error("{kind} {name:?} has {len} base64 characters, far more than {kind}s have")]
+    TooLong {
+        /// What was being parsed.
+        kind: KeyKind,
+        /// The key name before the `:`.
+        name: String,
+        /// Characters after the `:`.
+        len: usize,
+    },
     /// The second half of a secret key is not the public key of its first half.
     #[error("secret key {name:?} is corrupt: its public half does not match its seed")]
     PublicHalfMismatch {
@@ -162,13 +172,13 @@ fn parse_named<const N: usize>(kind: KeyKind, s: &str) -> Result<(String, [u8; N
             name: name.to_owned(),
         });
     }
-    // Longer inputs cannot decode to N bytes; refusing them first bounds the work on hostile input.
-    if data.len() > N.div_ceil(3) * 4 + 4 {
-        return Err(SigningError::WrongLength {
+    // Far longer inputs cannot decode to N bytes; refusing them first bounds the work on hostile
+    // input. Slightly wrong lengths are decoded so that the error can say how many bytes they hold.
+    if data.len() > 2 * N.div_ceil(3) * 4 {
+        return Err(SigningError::TooLong {
             kind,
             name: name.to_owned(),
-            expected: N,
-            actual: data.len() / 4 * 3,
+            len: data.len(),
         });
     }
     let mut bytes = BASE64.decode(data).map_err(|e| SigningError::Base64 {
