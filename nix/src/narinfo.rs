@@ -11,7 +11,8 @@
 //!   digits, `-`, `_`).
 //! - A missing or empty `Compression` means `bzip2`, `Deriver: unknown-deriver` means no deriver, an
 //!   empty `CA` means none, hashes may be in any of Nix's encodings and repeated references or
-//!   signatures collapse into one — all as Nix does. Re-printing normalises these.
+//!   signatures collapse into one, runs of spaces between references are one separator — all as
+//!   Nix does. Re-printing normalises these.
 //! - `System` is read and printed (after Deriver) because Nix 2.8 does; current Nix dropped it.
 //! - Stricter than Nix: every line must be `Key: value` with exactly that separator, known keys
 //!   (except `Sig`) may appear once, `Sig` values must be well-formed signatures, text values must
@@ -588,7 +589,7 @@ fn parse_number(value: &str) -> Result<u64, FieldError> {
 }
 
 /// The start of `s`, short enough to quote in an error message.
-fn excerpt(s: &str) -> String {
+pub(crate) fn excerpt(s: &str) -> String {
     const MAX: usize = 80;
     if s.len() <= MAX {
         return s.to_owned();

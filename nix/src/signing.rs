@@ -21,6 +21,8 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
 use thiserror::Error;
 
+use crate::narinfo::excerpt;
+
 /// Bytes in a secret key as Nix stores it: the 32-byte seed followed by the 32-byte public key.
 pub const SECRET_KEY_BYTES: usize = 64;
 /// Bytes in a public key.
@@ -145,18 +147,6 @@ pub fn validate_key_name(name: &str) -> Result<(), SigningError> {
         return Err(invalid("it contains whitespace or control characters"));
     }
     Ok(())
-}
-
-fn excerpt(s: &str) -> String {
-    const MAX: usize = 80;
-    if s.len() <= MAX {
-        return s.to_owned();
-    }
-    let mut end = MAX;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &s[..end])
 }
 
 /// Splits `name:base64` and decodes the data into exactly `N` bytes.
@@ -476,7 +466,8 @@ mod tests {
 
     #[test]
     fn malformed_keys_are_refused_with_the_reason() {
-        let cases: &[(&str, fn(&SigningError) -> bool)] = &[
+        type Check = fn(&SigningError) -> bool;
+        let cases: &[(&str, Check)] = &[
             ("no-colon", |e| {
                 matches!(e, SigningError::MissingName { .. })
             }),

@@ -39,9 +39,12 @@ pub enum KeyCommand {
 /// Runs one `kiln key` tool.
 pub fn run(cmd: KeyCommand) -> anyhow::Result<()> {
     match cmd {
-        KeyCommand::Generate { name, secret_file, public_file, force } => {
-            generate(&name, &secret_file, &public_file, force)
-        }
+        KeyCommand::Generate {
+            name,
+            secret_file,
+            public_file,
+            force,
+        } => generate(&name, &secret_file, &public_file, force),
         KeyCommand::Public { secret_file } => {
             let key = read_secret_key(&secret_file)?;
             println!("{}", key.public());
@@ -52,20 +55,31 @@ pub fn run(cmd: KeyCommand) -> anyhow::Result<()> {
 
 fn generate(name: &str, secret_file: &Path, public_file: &Path, force: bool) -> anyhow::Result<()> {
     if secret_file == public_file {
-        bail!("--secret-file and --public-file are both {}", secret_file.display());
+        bail!(
+            "--secret-file and --public-file are both {}",
+            secret_file.display()
+        );
     }
     let key = SecretKey::generate(name).context("cannot generate a key")?;
     if !force {
         for path in [secret_file, public_file] {
             if path.symlink_metadata().is_ok() {
-                bail!("refusing to overwrite {} (pass --force to replace it)", path.display());
+                bail!(
+                    "refusing to overwrite {} (pass --force to replace it)",
+                    path.display()
+                );
             }
         }
     }
     // Written without a trailing newline, byte for byte as Nix writes key files.
     write_new(secret_file, key.to_secret_string().as_bytes(), 0o600, force)
         .with_context(|| format!("cannot write secret key file {}", secret_file.display()))?;
-    if let Err(err) = write_new(public_file, key.public().to_string().as_bytes(), 0o644, force) {
+    if let Err(err) = write_new(
+        public_file,
+        key.public().to_string().as_bytes(),
+        0o644,
+        force,
+    ) {
         // Leave no secret behind whose public half nobody has.
         let _ = fs::remove_file(secret_file);
         return Err(err)
@@ -84,7 +98,11 @@ fn write_new(path: &Path, contents: &[u8], mode: u32, replace: bool) -> io::Resu
             _ => {}
         }
     }
-    let mut file = OpenOptions::new().write(true).create_new(true).mode(mode).open(path)?;
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)?;
     file.write_all(contents)?;
     file.sync_all()
 }
@@ -97,10 +115,14 @@ fn read_secret_key(path: &Path) -> anyhow::Result<SecretKey> {
         .and_then(|file| file.take(LIMIT + 1).read_to_string(&mut text))
         .with_context(|| format!("cannot read secret key file {}", path.display()))?;
     if text.len() as u64 > LIMIT {
-        bail!("{} is larger than {LIMIT} bytes: not a secret key file", path.display());
+        bail!(
+            "{} is larger than {LIMIT} bytes: not a secret key file",
+            path.display()
+        );
     }
     if text.parse::<PublicKey>().is_ok() {
         bail!("{} holds a public key, not a secret key", path.display());
     }
-    text.parse().with_context(|| format!("invalid secret key file {}", path.display()))
+    text.parse()
+        .with_context(|| format!("invalid secret key file {}", path.display()))
 }
