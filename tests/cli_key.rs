@@ -1,6 +1,5 @@
 //! `kiln key`: the built binary's keys are the ones Nix 2.8 derives, signs with and trusts.
 
-#[allow(clippy::let_and_return)] // in the shared helpers; reported, not ours to change here
 #[path = "../nix/tests/support/mod.rs"]
 mod support;
 

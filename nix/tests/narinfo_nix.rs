@@ -4,7 +4,6 @@
 //! sandbox so they are input-addressed. (Paths from `nix-store --add` are content-addressed, and
 //! Nix trusts those without any signature, which would hide signature bugs.)
 
-#[allow(clippy::let_and_return)] // in the shared helpers; reported, not ours to change here
 mod support;
 
 use std::collections::BTreeSet;
