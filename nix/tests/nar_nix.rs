@@ -71,6 +71,19 @@ fn listing(root: &Path, full_mode: bool) -> BTreeMap<Vec<u8>, Node> {
     out
 }
 
+/// Fails naming the first path where two listings differ.
+fn assert_same_tree(left: &BTreeMap<Vec<u8>, Node>, right: &BTreeMap<Vec<u8>, Node>, what: &str) {
+    let keys: std::collections::BTreeSet<_> = left.keys().chain(right.keys()).collect();
+    for key in keys {
+        let (l, r) = (left.get(key), right.get(key));
+        assert!(
+            l == r,
+            "{what}: at {:?}: {l:?} vs {r:?}",
+            key.escape_ascii().to_string()
+        );
+    }
+}
+
 /// Fails with the first differing offset instead of printing megabytes.
 fn assert_same_bytes(kiln: &[u8], nix: &[u8], what: &str) {
     if kiln != nix {
@@ -158,21 +171,21 @@ fn check_against_nix(source: &Path, work: &Path) {
     nix_restore(&nix_nar, &by_nix);
     nix_restore(&kiln_nar, &kiln_pack_by_nix);
 
-    assert_eq!(
-        listing(&by_kiln, true),
-        listing(&by_nix, true),
-        "Kiln's unpack differs from Nix's restore"
+    assert_same_tree(
+        &listing(&by_kiln, true),
+        &listing(&by_nix, true),
+        "Kiln's unpack differs from Nix's restore",
     );
     let original = listing(source, false);
-    assert_eq!(
-        listing(&by_kiln, false),
-        original,
-        "Kiln's unpack differs from the source tree"
+    assert_same_tree(
+        &listing(&by_kiln, false),
+        &original,
+        "Kiln's unpack vs the source",
     );
-    assert_eq!(
-        listing(&kiln_pack_by_nix, false),
-        original,
-        "Nix's restore of Kiln's pack differs from the source"
+    assert_same_tree(
+        &listing(&kiln_pack_by_nix, false),
+        &original,
+        "Nix's restore of Kiln's pack vs the source",
     );
 }
 
