@@ -366,7 +366,8 @@ fn pack_refuses_fifos_and_sockets_naming_the_path() {
     let _socket = std::os::unix::net::UnixListener::bind(source.join("sub/socket")).unwrap();
     let err = nar::hash_path(&source).unwrap_err();
     assert!(
-        matches!(&err, DumpError::UnsupportedType { path, kind: "socket" } if path == &source.join("sub/socket")),
+        matches!(&err, DumpError::UnsupportedType { path, kind: "socket" }
+            if path == &source.join("sub/socket")),
         "{err:?}"
     );
 
@@ -384,9 +385,8 @@ fn pack_of_a_missing_path_names_it() {
     let tmp = tempfile::tempdir().unwrap();
     let missing = tmp.path().join("missing");
     let err = nar::dump_path(&missing, io::sink()).unwrap_err();
-    assert!(
-        matches!(&err, DumpError::Read { path, source } if path == &missing && source.kind() == io::ErrorKind::NotFound)
-    );
+    assert!(matches!(&err, DumpError::Read { path, source }
+            if path == &missing && source.kind() == io::ErrorKind::NotFound));
     assert_eq!(
         err.to_string(),
         format!("cannot read {}", missing.display())

@@ -4,6 +4,9 @@ use std::fmt;
 
 use thiserror::Error;
 
+#[cfg(doc)]
+use super::NarLimits;
+
 /// Bytes from an archive, shown quoted with non-printable bytes escaped.
 #[derive(Clone, PartialEq, Eq)]
 pub struct ByteString(pub Vec<u8>);
@@ -101,7 +104,8 @@ pub enum NarErrorKind {
         /// The limit in force.
         max: usize,
     },
-    /// A symlink target longer than [`NarLimits::max_target_len`]; its bytes were not read.
+    /// A symlink target longer than [`NarLimits::max_target_len`]; its bytes were not
+    /// read.
     #[error("symlink target of {len} bytes exceeds the limit of {max} bytes")]
     TargetTooLong {
         /// The declared length of the target.

@@ -1,8 +1,8 @@
 //! NAR archives: packing a file tree, hashing it, and parsing, validating and unpacking archives.
 //!
-//! A NAR ("Nix ARchive") is the canonical serialisation of a file system object. Every integer is a
-//! 64-bit little-endian number; every string is its length, its bytes and zero padding to a multiple
-//! of 8. An archive is the string `nix-archive-1` followed by one node:
+//! A NAR ("Nix ARchive") is the canonical serialisation of a file system object. Every integer is
+//! a 64-bit little-endian number; every string is its length, its bytes and zero padding to a
+//! multiple of 8. An archive is the string `nix-archive-1` followed by one node:
 //!
 //! ```text
 //! ( type regular [executable ""] contents <bytes> )
@@ -10,23 +10,27 @@
 //! ( type directory [entry ( name <name> node <node> )]* )
 //! ```
 //!
-//! Only the executable bit of a regular file survives; directory entries are sorted bytewise by name.
+//! Only the executable bit of a regular file survives; directory entries are sorted bytewise by
+//! name.
 //!
 //! What lives where:
-//! - [`dump`]: [`dump_path`] writes the NAR of a path to any writer and [`hash_path`] computes its
-//!   SHA-256 and size, both streaming with one fixed buffer.
+//! - [`dump`](mod@dump): [`dump_path`] writes the NAR of a path to any writer and [`hash_path`]
+//!   computes its SHA-256 and size, both streaming with one fixed buffer.
 //! - [`error`]: [`NarError`], what is wrong with a refused archive and at which byte.
 //! - [`parser`]: [`NarParser`], a state machine that is fed bytes and emits [`NarEvent`]s without
 //!   touching the disk, and refuses anything that is not the exact encoding Nix writes.
-//! - [`validate`]: [`NarValidator`] (feed it chunks), [`ValidatingReader`] (wraps a reader and
-//!   validates the bytes passing through it) and [`validate`](validate()) (consume a reader); all three
-//!   report the NAR's hash and size.
-//! - [`unpack`]: [`unpack`](unpack()) restores an archive into a new directory entry without ever
-//!   writing outside it.
+//! - [`validate`](mod@validate): [`NarValidator`] (feed it chunks), [`ValidatingReader`] (wraps a
+//!   reader and validates the bytes passing through it) and [`validate`](validate()) (consume a
+//!   reader); all three report the NAR's hash and size.
+//! - [`unpack`](mod@unpack): [`unpack`](unpack()) restores an archive into a new directory entry
+//!   without ever writing outside it.
 //!
-//! Kiln accepts exactly the canonical encoding Nix's dumper produces. Nix's own parser is a little
-//! more lenient (for example it accepts `executable` after `contents`); such archives are refused
-//! here because two different byte strings for one tree would give one tree two NAR hashes.
+//! Kiln accepts exactly the canonical encoding Nix's dumper produces, within [`NarLimits`]. Nix's
+//! own restore (2.8) is more lenient: it takes a regular file's fields in any order and more than
+//! once, does not check that entries are sorted (only a duplicate fails, when the file exists),
+//! ignores bytes after the archive and cuts symlink targets at a NUL. Kiln refuses all of these:
+//! one tree must have one NAR, hence one NAR hash, and a cache must not store bytes no client
+//! would read.
 
 pub mod dump;
 pub mod error;

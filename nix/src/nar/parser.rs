@@ -1,4 +1,4 @@
-//! Streaming NAR parser: a state machine fed with bytes that emits events and never touches the disk.
+//! Streaming NAR parser: a state machine fed with bytes, emitting events, never touching the disk.
 //!
 //! [`NarParser`] does no I/O. The caller hands it whatever bytes it has; the parser consumes them
 //! and returns at most one [`NarEvent`] per call, so the same parser serves a validator that only
