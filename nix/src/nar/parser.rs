@@ -434,9 +434,6 @@ impl NarParser {
                     len,
                     max: self.limits.max_target_len,
                 },
-                Expect::TypeValue => NarErrorKind::UnknownNodeType {
-                    found: ByteString(format!("<{len} bytes>").into_bytes()),
-                },
                 other => NarErrorKind::OversizedToken {
                     expected: other.describe(),
                     len,
