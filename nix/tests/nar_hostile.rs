@@ -556,7 +556,7 @@ fn corpus_files_match_the_generators() {
 }
 
 #[test]
-fn a_symlinked_target_parent_is_used_but_the_target_itself_is_never_followed() {
+fn a_symlink_among_the_parents_of_the_target_is_followed() {
     let tmp = tempfile::tempdir().unwrap();
     let real = tmp.path().join("real");
     fs::create_dir(&real).unwrap();
