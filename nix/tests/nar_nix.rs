@@ -5,7 +5,6 @@
 //! contents, permission bits, symlink targets), and Nix must restore Kiln's pack to the original.
 
 // The shared helpers trip this lint; they are not this file's to change.
-#[allow(clippy::let_and_return)]
 mod support;
 
 use std::collections::BTreeMap;
