@@ -6,4 +6,17 @@
 //! database is the commit point; blobs are written before the rows that make them visible. The
 //! cache never builds, never evaluates, and never hands out its signing keys.
 
+pub mod caches;
+pub mod error;
+pub mod http;
+pub mod index;
+pub mod ingest;
+pub mod layout;
+pub mod service;
 pub mod storage;
+pub mod tokens;
+
+pub use caches::{CacheRecord, DEFAULT_CACHE};
+pub use error::CacheError;
+pub use service::{CacheService, Settings, open_store};
+pub use tokens::Permission;

@@ -60,7 +60,6 @@ CREATE TABLE tokens (
     token_hash TEXT NOT NULL UNIQUE,
     description TEXT NOT NULL,
     created_at INTEGER NOT NULL,
-    last_used_at INTEGER,
     revoked_at INTEGER
 );
 

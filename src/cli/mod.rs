@@ -1,8 +1,12 @@
 //! Command-line definition: one subcommand per mode or operator tool.
 
+mod cache;
+mod common;
 mod drv;
 mod key;
 mod nar;
+mod token;
+mod up;
 
 use clap::{Parser, Subcommand};
 
@@ -25,12 +29,38 @@ enum Command {
     /// Manage binary-cache signing keys.
     #[command(subcommand)]
     Key(key::KeyCommand),
+    /// Run Kiln in one process (today: the binary cache and its API).
+    Up(up::UpArgs),
+    /// Manage binary caches.
+    #[command(subcommand)]
+    Cache(cache::CacheCommand),
+    /// Manage access tokens.
+    #[command(subcommand)]
+    Token(token::TokenCommand),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
+    init_logging(matches!(cli.command, Command::Up(_)));
     match cli.command {
         Command::Nar(cmd) => nar::run(cmd),
         Command::Drv(cmd) => drv::run(cmd),
         Command::Key(cmd) => key::run(cmd),
+        Command::Up(args) => up::run(args),
+        Command::Cache(cmd) => cache::run(cmd),
+        Command::Token(cmd) => token::run(cmd),
     }
+}
+
+/// Logs to stderr, filtered by `KILN_LOG` (default: `info` for the server, `warn` otherwise).
+fn init_logging(server: bool) {
+    use std::io::IsTerminal;
+    use tracing_subscriber::EnvFilter;
+    let default = if server { "info" } else { "warn" };
+    let filter =
+        EnvFilter::try_from_env(kiln_config::LOG_ENV).unwrap_or_else(|_| EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .try_init();
 }

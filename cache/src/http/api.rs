@@ -1,0 +1,332 @@
+//! Kiln's JSON API for caches.
+//!
+//! `POST /api/v1/caches/{name}/upload` is the streaming upload for Kiln's own clients (workers,
+//! `kiln cache push`): the body is the raw, uncompressed NAR; the metadata travels in headers:
+//!
+//! | header | required | value |
+//! |---|---|---|
+//! | `X-Kiln-Store-Path` | yes | the full store path |
+//! | `X-Kiln-References` | no | space-separated references (base names or full paths); absent = none |
+//! | `X-Kiln-Deriver` | no | the deriver's base name or full path |
+//! | `X-Kiln-CA` | no | the content address, as in a narinfo `CA` |
+//! | `X-Kiln-Nar-Hash` | no | the NAR hash the client expects (`sha256:...`); a mismatch is refused |
+//! | `X-Kiln-Nar-Size` | no | the NAR size the client expects |
+//!
+//! The server validates and hashes the NAR, compresses it with zstd, stores it under
+//! `nar/<filehash>.nar.zst`, signs and publishes the narinfo. Answers: 201 with the narinfo's
+//! facts as JSON; 200 with `"already_present": true` if the cache already serves the path (the
+//! body is then not read); 4xx with `{"error": {"code", "message"}}` otherwise, nothing visible.
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::header::HOST;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use futures_util::TryStreamExt;
+use kiln_nix::hash::{Hash, HashAlgo};
+use kiln_nix::narinfo::{ContentAddress, NarInfo};
+use kiln_nix::{StoreDir, StorePath};
+use serde::Serialize;
+
+use super::NIX_MOUNT;
+use super::auth::token_from_headers;
+use crate::caches::{self, CacheRecord};
+use crate::error::CacheError;
+use crate::index::{self, Committed, Compression, NarFacts};
+use crate::ingest;
+use crate::service::CacheService;
+use crate::tokens::Permission;
+
+/// What `GET /api/v1/caches/{name}` returns.
+#[derive(Debug, Serialize)]
+pub struct CacheView {
+    /// Cache name.
+    pub name: String,
+    /// Whether reading needs no token.
+    pub public: bool,
+    /// `Priority` in `nix-cache-info`.
+    pub priority: u32,
+    /// The key clients add to `trusted-public-keys`.
+    pub public_key: String,
+    /// The substituter URL.
+    pub url: String,
+    /// Lines to add to `nix.conf` to use the cache.
+    pub nix_conf: String,
+}
+
+/// What a successful upload returns.
+#[derive(Debug, Serialize)]
+pub struct UploadView {
+    /// The full store path.
+    pub store_path: String,
+    /// Whether the cache already served the path (nothing was uploaded).
+    pub already_present: bool,
+    /// `sha256:<nix32>` of the NAR.
+    pub nar_hash: String,
+    /// Size of the NAR in bytes.
+    pub nar_size: u64,
+    /// Where the compressed NAR is, relative to the cache URL.
+    pub url: String,
+    /// Size of the compressed NAR in bytes.
+    pub file_size: u64,
+}
+
+fn base_url(service: &CacheService, headers: &HeaderMap) -> String {
+    match &service.settings().public_url {
+        Some(url) => url.clone(),
+        None => {
+            let host = headers
+                .get(HOST)
+                .and_then(|h| h.to_str().ok())
+                .unwrap_or("localhost");
+            format!("http://{host}")
+        }
+    }
+}
+
+fn view(cache: &CacheRecord, base: &str) -> CacheView {
+    let url = format!("{base}{NIX_MOUNT}/{}", cache.name);
+    let public_key = cache.public_key().to_string();
+    let mut nix_conf =
+        format!("extra-substituters = {url}\nextra-trusted-public-keys = {public_key}\n");
+    if !cache.public {
+        nix_conf.push_str("# private cache: give a read token as the password in a netrc file\nnetrc-file = /etc/nix/netrc\n");
+    }
+    CacheView {
+        name: cache.name.clone(),
+        public: cache.public,
+        priority: cache.priority,
+        public_key,
+        url,
+        nix_conf,
+    }
+}
+
+/// `GET /api/v1/caches`: the public caches, and the private ones the token can read.
+pub async fn list_caches(
+    State(service): State<CacheService>,
+    headers: HeaderMap,
+) -> Result<Json<Vec<CacheView>>, CacheError> {
+    let token = token_from_headers(&headers)?;
+    let base = base_url(&service, &headers);
+    let mut views = Vec::new();
+    for cache in caches::list(service.db()).await? {
+        match service
+            .authorize(&cache, token.as_deref(), Permission::Read)
+            .await
+        {
+            Ok(()) => views.push(view(&cache, &base)),
+            Err(CacheError::Unauthenticated | CacheError::Forbidden { .. }) => {}
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(Json(views))
+}
+
+/// `GET /api/v1/caches/{name}`.
+pub async fn get_cache(
+    State(service): State<CacheService>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<CacheView>, CacheError> {
+    let cache = caches::get(service.db(), &name).await?;
+    service
+        .authorize(
+            &cache,
+            token_from_headers(&headers)?.as_deref(),
+            Permission::Read,
+        )
+        .await?;
+    Ok(Json(view(&cache, &base_url(&service, &headers))))
+}
+
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, CacheError> {
+    headers
+        .get(name)
+        .map(|v| {
+            v.to_str()
+                .map_err(|_| CacheError::BadRequest(format!("header {name} is not ASCII")))
+        })
+        .transpose()
+}
+
+/// A store path given as a full path or a base name.
+fn parse_path(field: &str, value: &str) -> Result<StorePath, CacheError> {
+    value
+        .parse::<StorePath>()
+        .map_err(|e| CacheError::BadRequest(format!("{field}: {e}")))
+}
+
+/// The narinfo an upload describes, before its NAR is known.
+struct UploadMeta {
+    path: StorePath,
+    references: Vec<StorePath>,
+    deriver: Option<StorePath>,
+    ca: Option<ContentAddress>,
+    expected_hash: Option<Hash>,
+    expected_size: Option<u64>,
+}
+
+fn read_meta(headers: &HeaderMap) -> Result<UploadMeta, CacheError> {
+    let path = header(headers, "x-kiln-store-path")?
+        .ok_or_else(|| CacheError::BadRequest("header X-Kiln-Store-Path is required".to_owned()))?;
+    if !path.starts_with('/') {
+        return Err(CacheError::BadRequest(
+            "X-Kiln-Store-Path must be a full path in /nix/store".to_owned(),
+        ));
+    }
+    let path = parse_path("X-Kiln-Store-Path", path)?;
+    let references = header(headers, "x-kiln-references")?
+        .unwrap_or("")
+        .split_whitespace()
+        .map(|r| parse_path("X-Kiln-References", r))
+        .collect::<Result<Vec<_>, _>>()?;
+    let deriver = header(headers, "x-kiln-deriver")?
+        .map(|d| parse_path("X-Kiln-Deriver", d))
+        .transpose()?;
+    let ca = header(headers, "x-kiln-ca")?
+        .map(|ca| {
+            ca.parse::<ContentAddress>()
+                .map_err(|e| CacheError::BadRequest(format!("X-Kiln-CA: {e}")))
+        })
+        .transpose()?;
+    let expected_hash = header(headers, "x-kiln-nar-hash")?
+        .map(|h| {
+            Hash::parse_as(HashAlgo::Sha256, h)
+                .map_err(|e| CacheError::BadRequest(format!("X-Kiln-Nar-Hash: {e}")))
+        })
+        .transpose()?;
+    let expected_size = header(headers, "x-kiln-nar-size")?
+        .map(|s| {
+            s.parse::<u64>()
+                .map_err(|e| CacheError::BadRequest(format!("X-Kiln-Nar-Size {s:?}: {e}")))
+        })
+        .transpose()?;
+    Ok(UploadMeta {
+        path,
+        references,
+        deriver,
+        ca,
+        expected_hash,
+        expected_size,
+    })
+}
+
+/// `POST /api/v1/caches/{name}/upload`.
+pub async fn upload(
+    State(service): State<CacheService>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, CacheError> {
+    let cache = caches::get(service.db(), &name).await?;
+    service
+        .authorize(
+            &cache,
+            token_from_headers(&headers)?.as_deref(),
+            Permission::Push,
+        )
+        .await?;
+    let meta = read_meta(&headers)?;
+    let full_path = StoreDir::default().display(&meta.path);
+
+    if let Some(existing) = index::find_path(service.db(), cache.id, &meta.path.hash_part()).await?
+    {
+        let narinfo = existing.narinfo;
+        return Ok((StatusCode::OK, Json(upload_view(&narinfo, true))).into_response());
+    }
+    ingest::check_references(&service, &cache, &meta.path, meta.references.iter()).await?;
+
+    let limit = service.settings().max_nar_size;
+    let layout = cache.layout();
+    let staging = layout.staging()?;
+    let body = Box::pin(body.into_data_stream().map_err(std::io::Error::other));
+    let verified = ingest::receive_raw_nar(
+        service.store(),
+        &staging,
+        body,
+        limit,
+        service.settings().zstd_level,
+    )
+    .await?;
+    let result = async {
+        if let Some(expected) = &meta.expected_hash
+            && expected != &verified.nar_hash
+        {
+            return Err(CacheError::Unprocessable(format!(
+                "X-Kiln-Nar-Hash is {expected} but the uploaded NAR hashes to {}",
+                verified.nar_hash
+            )));
+        }
+        if let Some(expected) = meta.expected_size
+            && expected != verified.nar_size
+        {
+            return Err(CacheError::Unprocessable(format!(
+                "X-Kiln-Nar-Size is {expected} but the uploaded NAR has {} bytes",
+                verified.nar_size
+            )));
+        }
+        let file_key = format!(
+            "nar/{}{}",
+            verified.file_hash.to_nix32(),
+            Compression::Zstd.extension()
+        );
+        service
+            .store()
+            .rename(&staging, &layout.key(&file_key)?)
+            .await?;
+        let facts = NarFacts {
+            file_key: file_key.clone(),
+            compression: Compression::Zstd,
+            file_hash: verified.file_hash.clone(),
+            file_size: verified.file_size,
+            nar_hash: verified.nar_hash.clone(),
+            nar_size: verified.nar_size,
+        };
+        index::record_nar(service.db(), cache.id, &facts).await?;
+        let mut narinfo = NarInfo::new(
+            meta.path.clone(),
+            file_key,
+            verified.nar_hash.clone(),
+            verified.nar_size,
+        );
+        narinfo.compression = Compression::Zstd.as_str().to_owned();
+        narinfo.file_hash = Some(verified.file_hash.clone());
+        narinfo.file_size = Some(verified.file_size);
+        narinfo.references = meta.references.iter().cloned().collect();
+        narinfo.deriver = meta.deriver.clone();
+        narinfo.ca = meta.ca.clone();
+        let committed = ingest::publish(&service, &cache, narinfo.clone()).await?;
+        Ok((committed, narinfo))
+    }
+    .await;
+    match result {
+        Ok((committed, narinfo)) => {
+            let status = match committed {
+                Committed::Inserted(_) => StatusCode::CREATED,
+                Committed::AlreadyPresent(_) => StatusCode::OK,
+            };
+            let present = matches!(committed, Committed::AlreadyPresent(_));
+            Ok((status, Json(upload_view(&narinfo, present))).into_response())
+        }
+        Err(err) => {
+            if let Err(cleanup) = service.store().delete(&staging).await {
+                tracing::warn!(key = %staging, error = %cleanup, "could not remove a refused upload");
+            }
+            tracing::debug!(path = %full_path, error = %err, "upload refused");
+            Err(err)
+        }
+    }
+}
+
+fn upload_view(narinfo: &NarInfo, already_present: bool) -> UploadView {
+    UploadView {
+        store_path: StoreDir::default().display(&narinfo.store_path),
+        already_present,
+        nar_hash: narinfo.nar_hash.to_typed_nix32(),
+        nar_size: narinfo.nar_size,
+        url: narinfo.url.clone(),
+        file_size: narinfo.file_size.unwrap_or(0),
+    }
+}

@@ -1,0 +1,100 @@
+//! Compressing a raw NAR with zstd as it arrives, checking and hashing it on the way.
+
+use std::io::{self, Write};
+
+use bytes::Bytes;
+use kiln_nix::hash::Sha256Counter;
+use kiln_nix::nar::NarValidator;
+use tokio::sync::mpsc;
+
+use super::verify::{Verified, feed_nar};
+use crate::error::CacheError;
+
+/// Compressed output is handed to storage in pieces of about this size.
+const OUT_CHUNK: usize = 1 << 20;
+
+/// Passes compressed bytes on to storage, hashing them.
+struct ChunkSender {
+    tx: mpsc::Sender<io::Result<Bytes>>,
+    buf: Vec<u8>,
+    file: Sha256Counter,
+}
+
+impl ChunkSender {
+    fn send_buffered(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = Bytes::from(std::mem::replace(
+            &mut self.buf,
+            Vec::with_capacity(OUT_CHUNK),
+        ));
+        self.tx
+            .blocking_send(Ok(chunk))
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "storage stopped reading"))
+    }
+}
+
+impl Write for ChunkSender {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.file.update(data);
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= OUT_CHUNK {
+            self.send_buffered()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Reads raw NAR chunks from `input` until it closes, validates and hashes the NAR, compresses it
+/// at `level` and sends the compressed bytes to `output`. Runs on a blocking thread. On failure it
+/// sends an error down `output` before closing it, so storage discards what it received.
+pub(crate) fn compress_nar(
+    input: mpsc::Receiver<Bytes>,
+    output: mpsc::Sender<io::Result<Bytes>>,
+    level: i32,
+    max_nar_size: u64,
+) -> Result<Verified, CacheError> {
+    let abort = output.clone();
+    let result = run(input, output, level, max_nar_size);
+    if let Err(err) = &result {
+        let _ = abort.blocking_send(Err(io::Error::other(err.to_string())));
+    }
+    result
+}
+
+fn run(
+    mut input: mpsc::Receiver<Bytes>,
+    output: mpsc::Sender<io::Result<Bytes>>,
+    level: i32,
+    max_nar_size: u64,
+) -> Result<Verified, CacheError> {
+    let internal = |e: io::Error| CacheError::Internal(format!("zstd compression failed: {e}"));
+    let sink = ChunkSender {
+        tx: output,
+        buf: Vec::with_capacity(OUT_CHUNK),
+        file: Sha256Counter::new(),
+    };
+    let mut encoder = zstd::stream::write::Encoder::new(sink, level).map_err(internal)?;
+    let mut nar = NarValidator::new();
+    while let Some(chunk) = input.blocking_recv() {
+        feed_nar(&mut nar, max_nar_size, &chunk)?;
+        encoder.write_all(&chunk).map_err(internal)?;
+    }
+    let (nar_hash, nar_size) = nar
+        .finish()
+        .map_err(|e| CacheError::BadRequest(format!("invalid NAR: {e}")))?;
+    let mut sink = encoder.finish().map_err(internal)?;
+    sink.send_buffered().map_err(internal)?;
+    let (file_hash, file_size) = sink.file.finish();
+    Ok(Verified {
+        file_hash,
+        file_size,
+        nar_hash,
+        nar_size,
+    })
+}

@@ -1,0 +1,66 @@
+//! `kiln cache`: manage binary caches, directly in the database (works while the server runs).
+
+use clap::Subcommand;
+
+use super::common::{ConfigArgs, admin_runtime, open_service};
+
+/// The `kiln cache` commands.
+#[derive(Debug, Subcommand)]
+pub enum CacheCommand {
+    /// Create a cache with a new signing key; prints its public key.
+    Create {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Cache name: letters, digits, '-' and '_'.
+        name: String,
+        /// Require a read token to substitute from it.
+        #[arg(long)]
+        private: bool,
+        /// `Priority` advertised to Nix (lower is preferred); default from the configuration.
+        #[arg(long)]
+        priority: Option<u32>,
+    },
+    /// List the caches: name, visibility, priority, public key.
+    List {
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+}
+
+/// Runs one `kiln cache` command.
+pub fn run(cmd: CacheCommand) -> anyhow::Result<()> {
+    admin_runtime()?.block_on(async move {
+        match cmd {
+            CacheCommand::Create {
+                config,
+                name,
+                private,
+                priority,
+            } => {
+                let service = open_service(&config.load()?).await?;
+                let cache = service.create_cache(&name, !private, priority).await?;
+                println!(
+                    "created {} cache {}",
+                    if cache.public { "public" } else { "private" },
+                    cache.name
+                );
+                println!("public key: {}", cache.public_key());
+                service.db().close().await;
+            }
+            CacheCommand::List { config } => {
+                let service = open_service(&config.load()?).await?;
+                for cache in kiln_cache::caches::list(service.db()).await? {
+                    println!(
+                        "{}\t{}\tpriority {}\t{}",
+                        cache.name,
+                        if cache.public { "public" } else { "private" },
+                        cache.priority,
+                        cache.public_key()
+                    );
+                }
+                service.db().close().await;
+            }
+        }
+        Ok(())
+    })
+}
