@@ -1,0 +1,523 @@
+//! A running Kiln for end-to-end tests: `kiln up` on a free loopback port in a temporary data
+//! directory, Nix stores that push to it and substitute from it, and a small HTTP client for the
+//! raw requests real clients would never send.
+//!
+//! Every server is stopped by its PID when its [`Kiln`] is dropped, also when a test panics.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+
+use tempfile::TempDir;
+
+/// A `kiln up` process and its data directory.
+pub struct Kiln {
+    child: Option<Child>,
+    dir: TempDir,
+    env: Vec<(String, String)>,
+    /// `http://127.0.0.1:<port>`.
+    pub base: String,
+    /// The address it listens on.
+    pub addr: SocketAddr,
+    /// The default cache's public key, as printed at start.
+    pub public_key: String,
+    /// The default cache's substituter URL, as printed at start.
+    pub substituter: String,
+}
+
+fn kiln_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_kiln")
+}
+
+impl Kiln {
+    /// Starts `kiln up --workers 0` with no configuration file in a new data directory.
+    pub fn start() -> Kiln {
+        Kiln::start_with(&[])
+    }
+
+    /// Like [`Kiln::start`], with extra environment variables (`KILN_*` overrides).
+    pub fn start_with(env: &[(&str, &str)]) -> Kiln {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Kiln::spawn(dir, env)
+    }
+
+    fn spawn(dir: TempDir, env: Vec<(String, String)>) -> Kiln {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.path().join("kiln.log"))
+            .expect("log file");
+        let mut child = Command::new(kiln_bin())
+            .args([
+                "up",
+                "--listen",
+                "127.0.0.1:0",
+                "--workers",
+                "0",
+                "--data-dir",
+            ])
+            .arg(dir.path().join("data"))
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env("KILN_LOG", "info,kiln_cache=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("start kiln up");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let mut fact = |prefix: &str| -> String {
+            match lines.next() {
+                Some(Ok(line)) => line
+                    .strip_prefix(prefix)
+                    .unwrap_or_else(|| panic!("expected {prefix:?}, kiln printed {line:?}"))
+                    .to_owned(),
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!(
+                        "kiln up exited before announcing itself:\n{}",
+                        std::fs::read_to_string(dir.path().join("kiln.log")).unwrap_or_default()
+                    )
+                }
+            }
+        };
+        let serving = fact("kiln: serving ");
+        let substituter = fact("kiln: substituter ");
+        let public_key = fact("kiln: public key ");
+        let base = serving.split(' ').next().unwrap().to_owned();
+        let addr = base
+            .strip_prefix("http://")
+            .unwrap()
+            .parse()
+            .expect("bound address");
+        Kiln {
+            child: Some(child),
+            dir,
+            env,
+            base,
+            addr,
+            public_key,
+            substituter,
+        }
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// The substituter URL of cache `name`.
+    pub fn cache_url(&self, name: &str) -> String {
+        format!("{}/cache/{name}", self.base)
+    }
+
+    /// Everything the server logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("kiln.log")).unwrap_or_default()
+    }
+
+    /// Runs an admin command (`kiln <args> --data-dir <data>`) against this server's data.
+    pub fn admin(&self, args: &[&str]) -> Output {
+        Command::new(kiln_bin())
+            .args(args)
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .output()
+            .expect("run kiln")
+    }
+
+    fn admin_ok(&self, args: &[&str]) -> String {
+        let out = self.admin(args);
+        assert!(
+            out.status.success(),
+            "kiln {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// `kiln cache create`; returns the new cache's public key.
+    pub fn create_cache(&self, name: &str, private: bool) -> String {
+        let mut args = vec!["cache", "create", name];
+        if private {
+            args.push("--private");
+        }
+        let out = self.admin_ok(&args);
+        out.lines()
+            .find_map(|l| l.strip_prefix("public key: "))
+            .expect("public key line")
+            .to_owned()
+    }
+
+    /// `kiln token create`; returns the token (the last line printed).
+    pub fn token(&self, cache: &str, perm: &str) -> String {
+        let out = self.admin_ok(&["token", "create", "--cache", cache, "--perm", perm]);
+        out.lines().last().expect("token line").to_owned()
+    }
+
+    /// Stops the server with SIGTERM and waits for it; panics unless it exits cleanly.
+    pub fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let status = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success());
+        let exit = child.wait().expect("wait for kiln");
+        assert!(
+            exit.success(),
+            "kiln up exited with {exit} after SIGTERM:\n{}",
+            self.log()
+        );
+    }
+
+    /// Stops the server and starts a new one on the same data directory (on a new port).
+    pub fn restart(mut self) -> Kiln {
+        self.stop();
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+        let env = std::mem::take(&mut self.env);
+        Kiln::spawn(dir, env)
+    }
+
+    /// Sends one HTTP request to the server.
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Body<'_>,
+    ) -> Response {
+        http_request(self.addr, method, path, headers, body)
+    }
+}
+
+impl Drop for Kiln {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A Nix store in a directory of its own (a chroot store), with its own narinfo disk cache so
+/// that what one client pushed is not taken from a local cache by another.
+pub struct NixStore {
+    /// The directory (`--store`).
+    pub root: PathBuf,
+    xdg_cache: PathBuf,
+}
+
+/// Options every Nix call gets: no substituter but the ones a test names, and the sandbox.
+const SANDBOX: &[&str] = &[
+    "--option",
+    "sandbox",
+    "true",
+    "--option",
+    "sandbox-paths",
+    "/bin/sh=/bin/busybox /bin/busybox",
+];
+
+impl NixStore {
+    /// A new, empty store under `parent/name`.
+    pub fn new(parent: &Path, name: &str) -> NixStore {
+        NixStore {
+            root: parent.join(name),
+            xdg_cache: parent.join(format!("{name}-xdg-cache")),
+        }
+    }
+
+    fn command(&self, program: &str, before: &[&str]) -> Command {
+        let mut cmd = Command::new(program);
+        cmd.args(before)
+            .arg("--store")
+            .arg(&self.root)
+            .args(SANDBOX)
+            .env("XDG_CACHE_HOME", &self.xdg_cache);
+        if program == "nix" {
+            cmd.args(["--extra-experimental-features", "nix-command"]);
+        }
+        cmd
+    }
+
+    /// Builds the derivations of the Nix expression `expr` with no substituters; returns the
+    /// output paths.
+    pub fn build(&self, expr: &str) -> Vec<String> {
+        let file = self.root.with_extension("nix");
+        std::fs::write(&file, expr).unwrap();
+        let out = self
+            .command("nix-build", &[])
+            .args(["--option", "substituters", "", "--no-out-link"])
+            .arg(&file)
+            .output()
+            .expect("run nix-build");
+        assert!(
+            out.status.success(),
+            "nix-build failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// `nix-store -qR`: the closure of `paths`.
+    pub fn closure(&self, paths: &[String]) -> Vec<String> {
+        let out = self
+            .command("nix-store", &["-qR"])
+            .args(paths)
+            .output()
+            .expect("run nix-store");
+        assert!(
+            out.status.success(),
+            "nix-store -qR failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// `nix copy --to <url>` of `paths`, optionally with a netrc file.
+    pub fn copy_to(&self, url: &str, paths: &[String], netrc: Option<&Path>) -> Output {
+        let mut cmd = self.command("nix", &["copy"]);
+        cmd.args(["--option", "substituters", ""])
+            .arg("--to")
+            .arg(url)
+            .args(paths);
+        if let Some(netrc) = netrc {
+            cmd.arg("--option").arg("netrc-file").arg(netrc);
+        }
+        cmd.output().expect("run nix copy")
+    }
+
+    /// `nix store copy-log --to <url>` for the derivation of `path`.
+    pub fn copy_log(&self, url: &str, path: &str, netrc: Option<&Path>) -> Output {
+        let mut cmd = self.command("nix", &["store", "copy-log"]);
+        cmd.args(["--option", "substituters", ""])
+            .arg("--to")
+            .arg(url)
+            .arg(path);
+        if let Some(netrc) = netrc {
+            cmd.arg("--option").arg("netrc-file").arg(netrc);
+        }
+        cmd.output().expect("run nix store copy-log")
+    }
+
+    /// `nix-store -r --max-jobs 0` of `paths`, substituting only from `url` and trusting only
+    /// `trusted_key`.
+    pub fn substitute(
+        &self,
+        url: &str,
+        trusted_key: &str,
+        paths: &[String],
+        netrc: Option<&Path>,
+    ) -> Output {
+        let mut cmd = self.command("nix-store", &["-r"]);
+        cmd.args([
+            "--max-jobs",
+            "0",
+            "--option",
+            "substituters",
+            url,
+            "--option",
+            "trusted-public-keys",
+            trusted_key,
+        ])
+        .args(paths);
+        if let Some(netrc) = netrc {
+            cmd.arg("--option").arg("netrc-file").arg(netrc);
+        }
+        cmd.output().expect("run nix-store -r")
+    }
+
+    /// Whether `path` (a full store path) is in this store.
+    pub fn has(&self, path: &str) -> bool {
+        self.root.join(path.trim_start_matches('/')).exists()
+    }
+
+    /// The file system location of `path` in this store.
+    pub fn real_path(&self, path: &str) -> PathBuf {
+        self.root.join(path.trim_start_matches('/'))
+    }
+}
+
+/// A netrc file giving `token` as the password for 127.0.0.1.
+pub fn write_netrc(dir: &Path, name: &str, token: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(
+        &path,
+        format!("machine 127.0.0.1\nlogin kiln\npassword {token}\n"),
+    )
+    .unwrap();
+    path
+}
+
+/// A chain of `n` sandboxed derivations, each referring to the previous one (input-addressed,
+/// so Nix needs a trusted signature to substitute them). `tag` makes the paths unique to a test.
+pub fn chain_expr(tag: &str, n: usize) -> String {
+    let mut expr = String::from("let\n");
+    expr.push_str(&format!(
+        "  d0 = derivation {{ name = \"{tag}-0\"; system = builtins.currentSystem; builder = \"/bin/sh\"; \
+         args = [ \"-c\" \"echo {tag} leaf > $out\" ]; }};\n"
+    ));
+    for i in 1..n {
+        expr.push_str(&format!(
+            "  d{i} = derivation {{ name = \"{tag}-{i}\"; system = builtins.currentSystem; builder = \"/bin/sh\"; \
+             args = [ \"-c\" \"echo building {tag}-{i}; echo ${{d{}}} > $out\" ]; }};\n",
+            i - 1
+        ));
+    }
+    expr.push_str(&format!("in d{}\n", n - 1));
+    expr
+}
+
+/// What a test sends as a request body.
+pub enum Body<'a> {
+    /// No body.
+    Empty,
+    /// A body with its Content-Length.
+    Bytes(&'a [u8]),
+    /// A body in chunked transfer encoding (no Content-Length).
+    Chunked(&'a [u8]),
+    /// Only a Content-Length header claiming this size, and no bytes.
+    ClaimedLength(u64),
+}
+
+/// An HTTP response.
+#[derive(Debug)]
+pub struct Response {
+    /// Status code.
+    pub status: u16,
+    /// Header names in lower case, with their values.
+    pub headers: Vec<(String, String)>,
+    /// The decoded body.
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    /// The first header named `name` (lower case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The body as text.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// One HTTP/1.1 request on a fresh connection (`Connection: close`).
+pub fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Body<'_>,
+) -> Response {
+    let mut stream = TcpStream::connect(addr).expect("connect to kiln");
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    match &body {
+        Body::Empty => head.push_str("Content-Length: 0\r\n"),
+        Body::Bytes(b) => head.push_str(&format!("Content-Length: {}\r\n", b.len())),
+        Body::Chunked(_) => head.push_str("Transfer-Encoding: chunked\r\n"),
+        Body::ClaimedLength(n) => head.push_str(&format!("Content-Length: {n}\r\n")),
+    }
+    head.push_str("\r\n");
+    // Writes may fail once the server has answered early and closed; the answer still counts.
+    let _ = stream.write_all(head.as_bytes());
+    match body {
+        Body::Bytes(b) => {
+            let _ = stream.write_all(b);
+        }
+        Body::Chunked(b) => {
+            for chunk in b.chunks(16 * 1024) {
+                let _ = stream.write_all(format!("{:x}\r\n", chunk.len()).as_bytes());
+                let _ = stream.write_all(chunk);
+                let _ = stream.write_all(b"\r\n");
+            }
+            let _ = stream.write_all(b"0\r\n\r\n");
+        }
+        Body::Empty | Body::ClaimedLength(_) => {}
+    }
+    let mut raw = Vec::new();
+    if let Err(e) = stream.read_to_end(&mut raw)
+        && raw.is_empty()
+    {
+        panic!("no response to {method} {path}: {e}");
+    }
+    parse_response(&raw)
+}
+
+fn parse_response(raw: &[u8]) -> Response {
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("response head");
+    let head = std::str::from_utf8(&raw[..split]).expect("ASCII head");
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let mut body = raw[split + 4..].to_vec();
+    if headers
+        .iter()
+        .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"))
+    {
+        body = dechunk(&body);
+    }
+    Response {
+        status,
+        headers,
+        body,
+    }
+}
+
+fn dechunk(mut data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let line_end = data
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .expect("chunk size line");
+        let size =
+            usize::from_str_radix(std::str::from_utf8(&data[..line_end]).unwrap().trim(), 16)
+                .unwrap();
+        data = &data[line_end + 2..];
+        if size == 0 {
+            return out;
+        }
+        out.extend_from_slice(&data[..size]);
+        data = &data[size + 2..];
+    }
+}
