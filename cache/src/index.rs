@@ -384,3 +384,147 @@ pub fn missing_references(path: &StorePath, missing: &[String]) -> CacheError {
         missing.join(", ")
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::caches::{self, NewCache};
+    use crate::storage::LocalStore;
+
+    async fn setup() -> (tempfile::TempDir, Db, CacheId) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::connect(&format!(
+            "sqlite://{}",
+            dir.path().join("db.sqlite").display()
+        ))
+        .await
+        .unwrap();
+        db.migrate().await.unwrap();
+        let store = LocalStore::open(dir.path().join("blobs")).await.unwrap();
+        let new = NewCache {
+            name: "main".to_owned(),
+            public: true,
+            priority: 30,
+        };
+        let (cache, _) = caches::ensure(&db, &store, &new, "test").await.unwrap();
+        (dir, db, cache.id)
+    }
+
+    fn path(name: &str) -> StorePath {
+        StoreDir::default().make_store_path("source", &Hash::sha256(name), name)
+    }
+
+    async fn nar(db: &Db, cache: CacheId, content: &str) -> NarRecord {
+        let facts = NarFacts {
+            file_key: format!("nar/{}.nar", Hash::sha256(content).to_nix32()),
+            compression: Compression::None,
+            file_hash: Hash::sha256(content),
+            file_size: content.len() as u64,
+            nar_hash: Hash::sha256(content),
+            nar_size: content.len() as u64,
+        };
+        record_nar(db, cache, &facts).await.unwrap()
+    }
+
+    fn info(path: &StorePath, nar: &NarRecord, refs: &[&StorePath]) -> NarInfo {
+        let mut info = NarInfo::new(
+            path.clone(),
+            nar.facts.file_key.clone(),
+            nar.facts.nar_hash.clone(),
+            nar.facts.nar_size,
+        );
+        info.references = refs.iter().map(|r| (*r).clone()).collect();
+        info
+    }
+
+    #[tokio::test]
+    async fn commit_refuses_missing_references_inside_its_transaction() {
+        let (_dir, db, cache) = setup().await;
+        let nar = nar(&db, cache, "top").await;
+        let (top, dep) = (path("top"), path("dep"));
+        let err = commit_path(&db, cache, nar.id, &info(&top, &nar, &[&dep, &top]))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, CacheError::Unprocessable(m) if m.contains(&dep.to_string())),
+            "{err}"
+        );
+        assert!(
+            find_path(&db, cache, &top.hash_part())
+                .await
+                .unwrap()
+                .is_none()
+        );
+        let refs: i64 = sqlx::query_scalar("SELECT count(*) FROM path_refs")
+            .fetch_one(db.pool())
+            .await
+            .unwrap();
+        assert_eq!(refs, 0, "a refused commit left references behind");
+    }
+
+    #[tokio::test]
+    async fn commit_is_idempotent_and_refuses_a_different_nar_for_the_same_path() {
+        let (_dir, db, cache) = setup().await;
+        let first = nar(&db, cache, "one").await;
+        let p = path("p");
+        let Committed::Inserted(id) = commit_path(&db, cache, first.id, &info(&p, &first, &[&p]))
+            .await
+            .unwrap()
+        else {
+            panic!("first commit did not insert");
+        };
+        assert_eq!(
+            commit_path(&db, cache, first.id, &info(&p, &first, &[&p]))
+                .await
+                .unwrap(),
+            Committed::AlreadyPresent(id)
+        );
+        let second = nar(&db, cache, "two").await;
+        let err = commit_path(&db, cache, second.id, &info(&p, &second, &[]))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, CacheError::Conflict(_)), "{err}");
+        let served = find_path(&db, cache, &p.hash_part())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(served.narinfo.nar_hash, first.facts.nar_hash);
+        assert_eq!(served.narinfo.references.len(), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_commits_of_one_path_insert_it_once() {
+        let (_dir, db, cache) = setup().await;
+        let nar = nar(&db, cache, "shared").await;
+        let p = path("shared");
+        let commits = (0..8).map(|_| {
+            let (db, info) = (db.clone(), info(&p, &nar, &[]));
+            tokio::spawn(async move { commit_path(&db, cache, nar.id, &info).await })
+        });
+        let mut inserted = 0;
+        for commit in commits {
+            if let Committed::Inserted(_) = commit.await.unwrap().unwrap() {
+                inserted += 1;
+            }
+        }
+        assert_eq!(inserted, 1);
+        assert_eq!(
+            missing_paths(&db, cache, &[p.hash_part(), path("other").hash_part()])
+                .await
+                .unwrap(),
+            vec![path("other").hash_part()]
+        );
+    }
+
+    #[tokio::test]
+    async fn recording_a_nar_twice_keeps_one_row() {
+        let (_dir, db, cache) = setup().await;
+        let a = nar(&db, cache, "same").await;
+        let b = nar(&db, cache, "same").await;
+        assert_eq!(a, b);
+        assert_eq!(
+            find_nar(&db, cache, &a.facts.file_key).await.unwrap(),
+            Some(a)
+        );
+    }
+}

@@ -169,11 +169,8 @@ impl Kiln {
         let Some(mut child) = self.child.take() else {
             return;
         };
-        let status = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(status.success());
+        let pid = rustix::process::Pid::from_raw(child.id() as i32).expect("a child has a PID");
+        rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("send SIGTERM");
         let exit = child.wait().expect("wait for kiln");
         assert!(
             exit.success(),

@@ -131,3 +131,91 @@ pub(crate) fn feed_nar(nar: &mut NarValidator, max: u64, bytes: &[u8]) -> Result
     nar.update(bytes)
         .map_err(|e| CacheError::BadRequest(format!("invalid NAR: {e}")))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nar_of(content: &[u8]) -> Vec<u8> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("f"), content).unwrap();
+        let mut nar = Vec::new();
+        kiln_nix::nar::dump_path(&dir.path().join("f"), &mut nar).unwrap();
+        nar
+    }
+
+    fn verify(
+        compression: Compression,
+        file: &[u8],
+        chunk: usize,
+        max: u64,
+    ) -> Result<Verified, CacheError> {
+        let mut verifier = NarFileVerifier::new(compression, max, None)?;
+        for piece in file.chunks(chunk) {
+            verifier.update(piece)?;
+        }
+        verifier.finish()
+    }
+
+    #[test]
+    fn hashes_file_and_nar_whatever_the_chunking() {
+        let nar = nar_of(&vec![7u8; 500_000]);
+        let file = zstd::encode_all(nar.as_slice(), 3).unwrap();
+        for chunk in [1, 7, 4096, 1 << 20] {
+            let v = verify(Compression::Zstd, &file, chunk, u64::MAX).unwrap();
+            assert_eq!(
+                (v.file_hash, v.file_size),
+                (Hash::sha256(&file), file.len() as u64)
+            );
+            assert_eq!(
+                (v.nar_hash, v.nar_size),
+                (Hash::sha256(&nar), nar.len() as u64)
+            );
+        }
+        let v = verify(Compression::None, &nar, 1000, u64::MAX).unwrap();
+        assert_eq!(v.file_hash, v.nar_hash);
+    }
+
+    #[test]
+    fn refuses_what_clients_could_not_use() {
+        let nar = nar_of(b"content");
+        let file = zstd::encode_all(nar.as_slice(), 3).unwrap();
+        let mut two_frames = file.clone();
+        two_frames.extend_from_slice(&file);
+        assert!(
+            verify(Compression::Zstd, &two_frames, 64, u64::MAX)
+                .unwrap_err()
+                .to_string()
+                .contains("invalid NAR")
+        );
+        assert!(
+            verify(Compression::Zstd, &nar, 64, u64::MAX)
+                .unwrap_err()
+                .to_string()
+                .contains("zstd")
+        );
+        assert!(
+            verify(Compression::None, &file, 64, u64::MAX)
+                .unwrap_err()
+                .to_string()
+                .contains("invalid NAR")
+        );
+        assert!(verify(Compression::Zstd, &[], 64, u64::MAX).is_err());
+        let err = verify(Compression::Zstd, &file, 64, 16).unwrap_err();
+        assert!(
+            matches!(err, CacheError::TooLarge { limit: 16, .. }),
+            "{err}"
+        );
+        let mut verifier =
+            NarFileVerifier::new(Compression::None, u64::MAX, Some(Hash::sha256(b"other")))
+                .unwrap();
+        verifier.update(&nar).unwrap();
+        assert!(
+            verifier
+                .finish()
+                .unwrap_err()
+                .to_string()
+                .contains("FileHash")
+        );
+    }
+}
