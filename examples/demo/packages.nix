@@ -4,9 +4,11 @@
 rec {
   hello = mkJob {
     name = "hello-1.0";
+    # A source file: copied to the store at evaluation time, an input source of the .drv.
+    src = ./hello.sh;
     script = ''
       mkdir -p $out/bin
-      printf '#!/bin/sh\necho "Hello, world!"\n' > $out/bin/hello
+      cp $src $out/bin/hello
       chmod +x $out/bin/hello
     '';
     meta = {
