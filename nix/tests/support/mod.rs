@@ -27,7 +27,9 @@ pub fn nix(program: &str, args_before_options: &[&str], args: &[&str]) -> Output
     cmd.args(args_before_options);
     cmd.args(NIX_OPTIONS);
     cmd.args(args);
-    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
     out
 }
 
@@ -48,11 +50,17 @@ pub fn run_ok(program: &str, args: &[&str]) -> Vec<u8> {
         .args(args)
         .output()
         .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
-    assert!(out.status.success(), "{program} {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{program} {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     out.stdout
 }
 
 /// The repository root (for `examples/`).
 pub fn repo_root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("nix/ has a parent")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("nix/ has a parent")
 }
