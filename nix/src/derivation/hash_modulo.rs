@@ -118,7 +118,7 @@ pub enum HashModuloError {
         expected: String,
     },
     /// The `.drv` path does not match the derivation's contents.
-    #[error("derivation {actual} has contents that give the path {expected}")]
+    #[error("derivation {actual} does not match its contents, which give the path {expected}")]
     WrongDrvPath {
         /// The path the derivation was found at.
         actual: String,
