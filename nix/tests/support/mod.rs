@@ -27,10 +27,8 @@ pub fn nix(program: &str, args_before_options: &[&str], args: &[&str]) -> Output
     cmd.args(args_before_options);
     cmd.args(NIX_OPTIONS);
     cmd.args(args);
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
-    out
+    cmd.output()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"))
 }
 
 /// Like [`nix`] but panics with Nix's stderr unless it succeeds; returns stdout.
