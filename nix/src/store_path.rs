@@ -220,8 +220,16 @@ impl PartialOrd for StorePath {
 }
 
 impl Ord for StorePath {
+    /// Orders by base name, without building it: nixbase32 writes the digest, read as a
+    /// little-endian number, most significant digit first, in an alphabet in ASCII order, and every
+    /// hash part has the same length, so comparing hash parts is comparing the digests' bytes from
+    /// the last one down; ties are broken by the names.
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.to_string().cmp(&other.to_string())
+        self.digest
+            .iter()
+            .rev()
+            .cmp(other.digest.iter().rev())
+            .then_with(|| self.name.cmp(&other.name))
     }
 }
 
@@ -491,5 +499,28 @@ mod tests {
             StorePath::from_base_name(&base),
             Err(StorePathError::BadHash(_))
         ));
+    }
+
+    #[test]
+    fn ordering_is_the_order_of_base_names() {
+        // Digests that differ in every byte position and bit, and names that break ties.
+        let mut paths = Vec::new();
+        for i in 0..HASH_BYTES {
+            for bit in [0u8, 1, 0x10, 0x80, 0xff] {
+                let mut digest = [0x5au8; HASH_BYTES];
+                digest[i] = bit;
+                for name in ["a", "a-b", "b"] {
+                    paths.push(StorePath {
+                        digest,
+                        name: name.to_owned(),
+                    });
+                }
+            }
+        }
+        let mut by_ord = paths.clone();
+        by_ord.sort();
+        let mut by_string = paths;
+        by_string.sort_by_key(|p| p.to_string());
+        assert_eq!(by_ord, by_string);
     }
 }

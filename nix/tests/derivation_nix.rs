@@ -71,7 +71,8 @@ fn store_resolver(path: &StorePath) -> Result<Derivation, ResolveError> {
     Ok(Derivation::parse_drv_file(&store(), path, &bytes)?)
 }
 
-/// The output paths `nix-store --query --outputs` gives, by output name (from the path's name).
+/// The output paths `nix-store --query --outputs` gives, by output name (matched through the
+/// paths the `.drv` states).
 fn nix_outputs(drv: &StorePath, parsed: &Derivation) -> BTreeMap<String, StorePath> {
     let out = nix_ok(
         "nix-store",

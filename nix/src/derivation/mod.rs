@@ -23,6 +23,12 @@
 //! file that does not read back as what was written (Nix itself then reports wrong output paths).
 //! The parser refuses a backslash or a quote inside these fields rather than guess.
 //!
+//! # Fixed-output paths
+//! Nix 2.8 does not keep the path of a fixed output it reads: it recomputes it from the hash and
+//! the derivation's name whenever it prints or shows the derivation. Kiln keeps the path the file
+//! states, so printing is byte-identical for every accepted file; for any file Nix wrote the two
+//! agree, and [`DrvHasher::check`] reports a file where they do not.
+//!
 //! Paths: [`Derivation::drv_path`] computes the `.drv` path from the contents; [`DrvHasher`]
 //! computes `hashDerivationModulo` with a memoizing resolver for input derivations, the output
 //! paths Nix derives from it, and checks a derivation's outputs and environment against them.
