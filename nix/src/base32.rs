@@ -36,7 +36,11 @@ pub fn encode(bytes: &[u8]) -> String {
         let i = b / 8;
         let j = b % 8;
         let low = bytes[i] >> j;
-        let high = if i + 1 < bytes.len() { (bytes[i + 1] as u16) << (8 - j) } else { 0 } as u8;
+        let high = if i + 1 < bytes.len() {
+            (bytes[i + 1] as u16) << (8 - j)
+        } else {
+            0
+        } as u8;
         out.push(ALPHABET[((low | high) & 0x1f) as usize] as char);
     }
     out
@@ -46,7 +50,10 @@ pub fn encode(bytes: &[u8]) -> String {
 pub fn decode(s: &str, size: usize) -> Result<Vec<u8>, Base32Error> {
     let expected = encoded_len(size);
     if s.len() != expected {
-        return Err(Base32Error::WrongLength { expected, actual: s.len() });
+        return Err(Base32Error::WrongLength {
+            expected,
+            actual: s.len(),
+        });
     }
     let mut out = vec![0u8; size];
     for (n, c) in s.bytes().rev().enumerate() {
@@ -81,8 +88,8 @@ mod tests {
     #[test]
     fn encodes_known_sha256_of_empty_string() {
         // `nix hash to-base32 sha256:e3b0c442...` as printed by Nix itself.
-        let bytes =
-            hex::decode("e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855").unwrap();
+        let bytes = hex::decode("e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855")
+            .unwrap();
         let s = encode(&bytes);
         assert_eq!(s, "0mdqa9w1p6cmli6976v4wi0sw9r4p5prkj7lzfd1877wk11c9c73");
         assert_eq!(decode(&s, 32).unwrap(), bytes);
@@ -98,7 +105,13 @@ mod tests {
 
     #[test]
     fn refuses_bad_characters_length_and_overflow() {
-        assert_eq!(decode("e", 1), Err(Base32Error::WrongLength { expected: 2, actual: 1 }));
+        assert_eq!(
+            decode("e", 1),
+            Err(Base32Error::WrongLength {
+                expected: 2,
+                actual: 1
+            })
+        );
         assert_eq!(decode("0e", 1), Err(Base32Error::InvalidChar('e')));
         // 2 chars = 10 bits for 1 byte: the top two bits must be zero.
         assert_eq!(decode("z0", 1), Err(Base32Error::Overflow));

@@ -68,7 +68,9 @@ pub enum HashError {
     UnknownAlgo(String),
     #[error("hash {0:?} names no algorithm (expected `algo:digest` or `algo-base64`)")]
     MissingAlgo(String),
-    #[error("{algo} hash has length {len}, which is not the length of its base16, nixbase32 or base64 form")]
+    #[error(
+        "{algo} hash has length {len}, which is not the length of its base16, nixbase32 or base64 form"
+    )]
     BadLength { algo: HashAlgo, len: usize },
     #[error("invalid base16 digest: {0}")]
     Base16(String),
@@ -77,7 +79,10 @@ pub enum HashError {
     #[error("invalid base64 digest: {0}")]
     Base64(String),
     #[error("expected a {expected} hash, got {actual}")]
-    WrongAlgo { expected: HashAlgo, actual: HashAlgo },
+    WrongAlgo {
+        expected: HashAlgo,
+        actual: HashAlgo,
+    },
 }
 
 /// A digest together with the algorithm that produced it.
@@ -90,17 +95,26 @@ pub struct Hash {
 impl Hash {
     /// Wraps raw digest bytes; `None` if their length does not match the algorithm.
     pub fn new(algo: HashAlgo, bytes: &[u8]) -> Option<Hash> {
-        (bytes.len() == algo.size()).then(|| Hash { algo, bytes: bytes.to_vec() })
+        (bytes.len() == algo.size()).then(|| Hash {
+            algo,
+            bytes: bytes.to_vec(),
+        })
     }
 
     /// The SHA-256 of `data`.
     pub fn sha256(data: impl AsRef<[u8]>) -> Hash {
-        Hash { algo: HashAlgo::Sha256, bytes: sha2::Sha256::digest(data.as_ref()).to_vec() }
+        Hash {
+            algo: HashAlgo::Sha256,
+            bytes: sha2::Sha256::digest(data.as_ref()).to_vec(),
+        }
     }
 
     /// Wraps a finished SHA-256 digest.
     pub fn from_sha256(digest: [u8; 32]) -> Hash {
-        Hash { algo: HashAlgo::Sha256, bytes: digest.to_vec() }
+        Hash {
+            algo: HashAlgo::Sha256,
+            bytes: digest.to_vec(),
+        }
     }
 
     pub fn algo(&self) -> HashAlgo {
@@ -156,9 +170,16 @@ impl Hash {
     /// Parses a hash that must be of `algo`, with or without an `algo:` / `algo-` prefix.
     pub fn parse_as(algo: HashAlgo, s: &str) -> Result<Hash, HashError> {
         let prefixed = s.contains(':') || s.starts_with(&format!("{algo}-"));
-        let hash = if prefixed { Hash::parse_typed(s)? } else { Hash::parse_digest(algo, s)? };
+        let hash = if prefixed {
+            Hash::parse_typed(s)?
+        } else {
+            Hash::parse_digest(algo, s)?
+        };
         if hash.algo != algo {
-            return Err(HashError::WrongAlgo { expected: algo, actual: hash.algo });
+            return Err(HashError::WrongAlgo {
+                expected: algo,
+                actual: hash.algo,
+            });
         }
         Ok(hash)
     }
@@ -173,15 +194,23 @@ impl Hash {
         } else if digest.len() == size.div_ceil(3) * 4 {
             return Hash::parse_base64(algo, digest);
         } else {
-            return Err(HashError::BadLength { algo, len: digest.len() });
+            return Err(HashError::BadLength {
+                algo,
+                len: digest.len(),
+            });
         };
         Ok(Hash { algo, bytes })
     }
 
     fn parse_base64(algo: HashAlgo, digest: &str) -> Result<Hash, HashError> {
-        let bytes = BASE64.decode(digest).map_err(|e| HashError::Base64(e.to_string()))?;
+        let bytes = BASE64
+            .decode(digest)
+            .map_err(|e| HashError::Base64(e.to_string()))?;
         if bytes.len() != algo.size() {
-            return Err(HashError::BadLength { algo, len: digest.len() });
+            return Err(HashError::BadLength {
+                algo,
+                len: digest.len(),
+            });
         }
         Ok(Hash { algo, bytes })
     }
@@ -283,9 +312,18 @@ mod tests {
 
     #[test]
     fn refuses_bad_hashes() {
-        assert!(matches!("sha257:abc".parse::<Hash>(), Err(HashError::UnknownAlgo(_))));
-        assert!(matches!("abc".parse::<Hash>(), Err(HashError::MissingAlgo(_))));
-        assert!(matches!("sha256:abc".parse::<Hash>(), Err(HashError::BadLength { .. })));
+        assert!(matches!(
+            "sha257:abc".parse::<Hash>(),
+            Err(HashError::UnknownAlgo(_))
+        ));
+        assert!(matches!(
+            "abc".parse::<Hash>(),
+            Err(HashError::MissingAlgo(_))
+        ));
+        assert!(matches!(
+            "sha256:abc".parse::<Hash>(),
+            Err(HashError::BadLength { .. })
+        ));
         assert!(matches!(
             Hash::parse_as(HashAlgo::Sha1, &format!("sha256:{EMPTY_HEX}")),
             Err(HashError::WrongAlgo { .. })
