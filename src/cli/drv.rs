@@ -14,6 +14,7 @@ use kiln_nix::{StoreDir, StorePath};
 /// file cannot exhaust memory.
 const MAX_DRV_FILE_BYTES: u64 = 64 << 20;
 
+/// The `kiln drv` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum DrvCommand {
     /// Print derivations as JSON, exactly as `nix show-derivation` does.
@@ -42,6 +43,7 @@ pub enum DrvCommand {
     },
 }
 
+/// Runs one `kiln drv` subcommand.
 pub fn run(cmd: DrvCommand) -> anyhow::Result<()> {
     match cmd {
         DrvCommand::Show { files, store_dir } => show(&files, &StoreDir::new(store_dir)),

@@ -204,10 +204,12 @@ impl<'a> Parser<'a> {
                 Some(b't') => b'\t',
                 Some(&c @ (b'"' | b'\\')) => c,
                 Some(_) => {
-                    let len = self.input[self.pos..]
+                    let window = &self.input[self.pos..self.input.len().min(self.pos + 4)];
+                    let len = window
                         .utf8_chunks()
                         .next()
-                        .map_or(1, |c| c.valid().chars().next().map_or(1, char::len_utf8));
+                        .and_then(|chunk| chunk.valid().chars().next())
+                        .map_or(1, char::len_utf8);
                     let seq = format!("\\{}", excerpt(&self.input[self.pos..self.pos + len]));
                     return Err(self.error(self.pos - 1, ParseErrorKind::BadEscape(seq)));
                 }
