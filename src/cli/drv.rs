@@ -92,10 +92,15 @@ fn check(files: &[PathBuf], store_dir: &StoreDir) -> anyhow::Result<()> {
 
 /// Reads a file of at most [`MAX_DRV_FILE_BYTES`].
 fn read_limited(file: &Path) -> anyhow::Result<Vec<u8>> {
-    let mut bytes = Vec::new();
-    File::open(file)
-        .and_then(|f| f.take(MAX_DRV_FILE_BYTES + 1).read_to_end(&mut bytes))
-        .context("cannot read the file")?;
+    let read = || -> std::io::Result<Vec<u8>> {
+        let f = File::open(file)?;
+        // The size is only a capacity hint; the limit is enforced on what is actually read.
+        let hint = f.metadata().map_or(0, |m| m.len().min(MAX_DRV_FILE_BYTES));
+        let mut bytes = Vec::with_capacity(hint as usize + 1);
+        f.take(MAX_DRV_FILE_BYTES + 1).read_to_end(&mut bytes)?;
+        Ok(bytes)
+    };
+    let bytes = read().context("cannot read the file")?;
     if bytes.len() as u64 > MAX_DRV_FILE_BYTES {
         bail!("file is larger than {MAX_DRV_FILE_BYTES} bytes, too large for a derivation");
     }
