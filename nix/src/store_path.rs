@@ -1,12 +1,13 @@
 //! Store paths: parsing, validation, and the hashes Nix uses to name them.
 
+use std::collections::BTreeSet;
 use std::fmt;
 use std::str::FromStr;
 
 use thiserror::Error;
 
 use crate::base32;
-use crate::hash::Hash;
+use crate::hash::{Hash, HashAlgo};
 
 /// Length of the hash part of a store path's base name, in nixbase32 characters.
 pub const HASH_CHARS: usize = 32;
@@ -119,6 +120,9 @@ impl StorePath {
         if base.len() < HASH_CHARS + 2 {
             return Err(StorePathError::TooShort(base.to_owned()));
         }
+        if !base.is_char_boundary(HASH_CHARS) {
+            return Err(StorePathError::BadHash(base.to_owned()));
+        }
         let (hash_part, rest) = base.split_at(HASH_CHARS);
         let digest = base32::decode(hash_part, HASH_BYTES)
             .map_err(|_| StorePathError::BadHash(base.to_owned()))?;
@@ -216,8 +220,126 @@ impl PartialOrd for StorePath {
 }
 
 impl Ord for StorePath {
+    /// Orders by base name, without building it: nixbase32 writes the digest, read as a
+    /// little-endian number, most significant digit first, in an alphabet in ASCII order, and every
+    /// hash part has the same length, so comparing hash parts is comparing the digests' bytes from
+    /// the last one down; ties are broken by the names.
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.to_string().cmp(&other.to_string())
+        self.digest
+            .iter()
+            .rev()
+            .cmp(other.digest.iter().rev())
+            .then_with(|| self.name.cmp(&other.name))
+    }
+}
+
+/// How the contents of a content-addressed path are hashed: the file's bytes (`Flat`) or its NAR
+/// serialisation (`Recursive`, written `r:` before the algorithm in `.drv` files).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum FileIngestionMethod {
+    /// The hash covers the bytes of a single regular file.
+    Flat,
+    /// The hash covers the NAR serialisation of a file tree.
+    Recursive,
+}
+
+impl FileIngestionMethod {
+    /// `""` or `"r:"`, the prefix Nix writes before the hash algorithm (`r:sha256`).
+    pub const fn prefix(self) -> &'static str {
+        match self {
+            FileIngestionMethod::Flat => "",
+            FileIngestionMethod::Recursive => "r:",
+        }
+    }
+}
+
+/// The store path name of output `output` of a derivation named `drv_name`: the derivation's name
+/// for `out`, `<drv_name>-<output>` for any other output.
+pub fn output_path_name(drv_name: &str, output: &str) -> String {
+    if output == "out" {
+        drv_name.to_owned()
+    } else {
+        format!("{drv_name}-{output}")
+    }
+}
+
+/// Path computations for content-addressed and derivation paths, as Nix 2.8 does them. Each
+/// checks the resulting name the way Nix's `StorePath` constructor does.
+impl StoreDir {
+    /// The `type` part of a store path fingerprint: `kind` followed by `:<absolute path>` for each
+    /// reference in store path order, then `:self` if the path refers to itself.
+    pub fn make_type(
+        &self,
+        kind: &str,
+        references: &BTreeSet<StorePath>,
+        self_ref: bool,
+    ) -> String {
+        let mut out = kind.to_owned();
+        for reference in references {
+            out.push(':');
+            out.push_str(&self.display(reference));
+        }
+        if self_ref {
+            out.push_str(":self");
+        }
+        out
+    }
+
+    /// The path of a text file added to the store with `references` (what `builtins.toFile` and
+    /// `.drv` files get): type `text:<refs>`, inner hash the SHA-256 of the contents.
+    pub fn compute_text_path(
+        &self,
+        name: &str,
+        contents: &[u8],
+        references: &BTreeSet<StorePath>,
+    ) -> Result<StorePath, StorePathError> {
+        validate_name(name, name)?;
+        let path_type = self.make_type("text", references, false);
+        Ok(self.make_store_path(&path_type, &Hash::sha256(contents), name))
+    }
+
+    /// The path of a file tree added by NAR hash (`nix-store --add`, `builtins.path`, sources in
+    /// `.drv` inputs): type `source:<refs>[:self]`, inner hash the SHA-256 NAR hash.
+    pub fn make_source_path(
+        &self,
+        name: &str,
+        nar_hash: &Hash,
+        references: &BTreeSet<StorePath>,
+        self_ref: bool,
+    ) -> Result<StorePath, StorePathError> {
+        validate_name(name, name)?;
+        let path_type = self.make_type("source", references, self_ref);
+        Ok(self.make_store_path(&path_type, nar_hash, name))
+    }
+
+    /// The output path of a fixed-output derivation (or of a content-addressed path without
+    /// references). A recursive SHA-256 is a source path; every other combination commits to
+    /// `fixed:out:<r:?><algo>:<base16>:` under the type `output:out`.
+    pub fn make_fixed_output_path(
+        &self,
+        method: FileIngestionMethod,
+        hash: &Hash,
+        name: &str,
+    ) -> Result<StorePath, StorePathError> {
+        if method == FileIngestionMethod::Recursive && hash.algo() == HashAlgo::Sha256 {
+            return self.make_source_path(name, hash, &BTreeSet::new(), false);
+        }
+        validate_name(name, name)?;
+        let inner = format!("fixed:out:{}{}:", method.prefix(), hash.to_typed_base16());
+        Ok(self.make_store_path("output:out", &Hash::sha256(inner), name))
+    }
+
+    /// The path of output `output` of an input-addressed derivation named `drv_name`, whose
+    /// `hashDerivationModulo` is `drv_hash`: type `output:<output>`.
+    pub fn make_output_path(
+        &self,
+        output: &str,
+        drv_hash: &Hash,
+        drv_name: &str,
+    ) -> Result<StorePath, StorePathError> {
+        let name = output_path_name(drv_name, output);
+        validate_name(&name, &name)?;
+        Ok(self.make_store_path(&format!("output:{output}"), drv_hash, &name))
     }
 }
 
@@ -267,5 +389,138 @@ mod tests {
             StorePath::from_base_name(&long),
             Err(StorePathError::NameTooLong(_))
         ));
+    }
+
+    // Expected paths below were produced by Nix 2.8 on this machine (`nix-instantiate`,
+    // `nix-store --add`) for the inputs named in each case.
+
+    const HELLO_NAR_SHA256: &str = "sha256:0sg9f58l1jj88w6pdrfdpj5x9b1zrwszk84j81zvby36q9whhhqa";
+
+    fn fixed(method: FileIngestionMethod, algo: &str, name: &str) -> String {
+        let digest = match algo {
+            "md5" => "5d41402abc4b2a76b9719d911017c592",
+            "sha1" => "aaf4c61ddcc5e8a2dabede0f3b482cd9aea9434d",
+            "sha256" => "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824",
+            _ => unreachable!(),
+        };
+        let hash = Hash::parse_digest(algo.parse().unwrap(), digest).unwrap();
+        StoreDir::default()
+            .make_fixed_output_path(method, &hash, name)
+            .unwrap()
+            .to_string()
+    }
+
+    #[test]
+    fn fixed_output_paths_match_nix_for_flat_and_recursive_hashes() {
+        use FileIngestionMethod::{Flat, Recursive};
+        assert_eq!(
+            fixed(Flat, "sha256", "fod"),
+            "9q0mqp4y1k819ysjzsfjah1ld74x19w2-fod"
+        );
+        // Recursive SHA-256 is the `source` special case.
+        assert_eq!(
+            fixed(Recursive, "sha256", "fodr"),
+            "vfrhc97sk0aa774c0bcr75ln5pc3yjd1-fodr"
+        );
+        assert_eq!(
+            fixed(Flat, "sha1", "f-sha1-flat"),
+            "sqwp7712vc5wcxncv1a4y01fg3fk6c07-f-sha1-flat"
+        );
+        assert_eq!(
+            fixed(Recursive, "sha1", "f-sha1-recursive"),
+            "pvawz6rhcxg1wn08fhgqlrpyiaf1p30v-f-sha1-recursive"
+        );
+        assert_eq!(
+            fixed(Recursive, "md5", "f-md5-recursive"),
+            "n2d2g6i58bhm79739nvd9kz06lnl9658-f-md5-recursive"
+        );
+    }
+
+    #[test]
+    fn source_path_matches_nix_store_add() {
+        let nar_hash: Hash = HELLO_NAR_SHA256.parse().unwrap();
+        let path = StoreDir::default()
+            .make_source_path("hello.txt", &nar_hash, &BTreeSet::new(), false)
+            .unwrap();
+        assert_eq!(
+            path.to_string(),
+            "xfp2hphvk98rkk9ywlqpp587rjdcgnc2-hello.txt"
+        );
+    }
+
+    #[test]
+    fn text_path_commits_to_sorted_references() {
+        let hello =
+            StorePath::from_base_name("xfp2hphvk98rkk9ywlqpp587rjdcgnc2-hello.txt").unwrap();
+        let contents = format!("see {}", hello.to_absolute());
+        let refs = BTreeSet::from([hello]);
+        let path = StoreDir::default()
+            .compute_text_path("t.txt", contents.as_bytes(), &refs)
+            .unwrap();
+        assert_eq!(path.to_string(), "njxh46qnhj35vw3yjrra2rbdf8g6yi03-t.txt");
+        let without_refs = StoreDir::default()
+            .compute_text_path("t.txt", contents.as_bytes(), &BTreeSet::new())
+            .unwrap();
+        assert_ne!(without_refs, path);
+    }
+
+    #[test]
+    fn make_type_lists_full_paths_then_self() {
+        let a = StorePath::from_base_name("xfp2hphvk98rkk9ywlqpp587rjdcgnc2-hello.txt").unwrap();
+        let b = StorePath::from_base_name("9q0mqp4y1k819ysjzsfjah1ld74x19w2-fod").unwrap();
+        let refs = BTreeSet::from([a, b]);
+        assert_eq!(
+            StoreDir::new("/s").make_type("source", &refs, true),
+            "source:/s/9q0mqp4y1k819ysjzsfjah1ld74x19w2-fod:/s/xfp2hphvk98rkk9ywlqpp587rjdcgnc2-hello.txt:self"
+        );
+    }
+
+    #[test]
+    fn output_paths_name_non_default_outputs_after_the_derivation() {
+        assert_eq!(output_path_name("multi", "out"), "multi");
+        assert_eq!(output_path_name("multi", "dev"), "multi-dev");
+        let hash = Hash::sha256(b"x");
+        let long = "a".repeat(MAX_NAME_LEN - 2);
+        assert!(
+            StoreDir::default()
+                .make_output_path("out", &hash, &long)
+                .is_ok()
+        );
+        assert!(matches!(
+            StoreDir::default().make_output_path("dev", &hash, &long),
+            Err(StorePathError::NameTooLong(_))
+        ));
+    }
+
+    #[test]
+    fn multibyte_character_at_the_hash_boundary_is_refused_not_a_panic() {
+        let base = format!("{}\u{e9}-x", "a".repeat(HASH_CHARS - 1));
+        assert!(matches!(
+            StorePath::from_base_name(&base),
+            Err(StorePathError::BadHash(_))
+        ));
+    }
+
+    #[test]
+    fn ordering_is_the_order_of_base_names() {
+        // Digests that differ in every byte position and bit, and names that break ties.
+        let mut paths = Vec::new();
+        for i in 0..HASH_BYTES {
+            for bit in [0u8, 1, 0x10, 0x80, 0xff] {
+                let mut digest = [0x5au8; HASH_BYTES];
+                digest[i] = bit;
+                for name in ["a", "a-b", "b"] {
+                    paths.push(StorePath {
+                        digest,
+                        name: name.to_owned(),
+                    });
+                }
+            }
+        }
+        let mut by_ord = paths.clone();
+        by_ord.sort();
+        let mut by_string = paths;
+        by_string.sort_by_key(|p| p.to_string());
+        assert_eq!(by_ord, by_string);
     }
 }
