@@ -172,9 +172,14 @@ fn concurrent_pushes_of_one_closure_all_succeed() {
     let netrc = write_netrc(work.path(), "netrc", &kiln.token("main", "push"));
     let url = zstd_url(&kiln.substituter);
 
+    // Three clients (each with its own narinfo disk cache) push the same closure at once.
+    let clients: Vec<NixStore> = (0..3)
+        .map(|i| src.another_client(&format!("pusher{i}")))
+        .collect();
     let outputs: Vec<Output> = std::thread::scope(|s| {
-        let pushes: Vec<_> = (0..3)
-            .map(|_| s.spawn(|| src.copy_to(&url, &top, Some(&netrc))))
+        let pushes: Vec<_> = clients
+            .iter()
+            .map(|client| s.spawn(|| client.copy_to(&url, &top, Some(&netrc))))
             .collect();
         pushes.into_iter().map(|p| p.join().unwrap()).collect()
     });

@@ -235,6 +235,15 @@ impl NixStore {
         }
     }
 
+    /// The same store used by another client: its own narinfo disk cache. Nix 2.8 processes
+    /// sharing one disk cache can fail with a SQLite constraint error when they start together.
+    pub fn another_client(&self, name: &str) -> NixStore {
+        NixStore {
+            root: self.root.clone(),
+            xdg_cache: self.xdg_cache.with_extension(name),
+        }
+    }
+
     fn command(&self, program: &str, before: &[&str]) -> Command {
         let mut cmd = Command::new(program);
         cmd.args(before)
