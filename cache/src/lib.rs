@@ -6,6 +6,7 @@
 //! database is the commit point; blobs are written before the rows that make them visible. The
 //! cache never builds, never evaluates, and never hands out its signing keys.
 
+pub mod access;
 pub mod caches;
 pub mod error;
 pub mod http;

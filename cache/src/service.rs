@@ -6,6 +6,7 @@ use std::sync::Arc;
 use kiln_config::{Config, StorageConfig};
 use kiln_db::Db;
 
+use crate::access::AccessLog;
 use crate::caches::{self, CacheRecord, DEFAULT_CACHE, NewCache};
 use crate::error::CacheError;
 use crate::storage::{BlobStore, LocalStore, S3Options, S3Store};
@@ -93,6 +94,7 @@ struct Inner {
     db: Db,
     store: Arc<dyn BlobStore>,
     settings: Settings,
+    access: AccessLog,
 }
 
 /// Everything a cache operation needs. Cheap to clone; this is the HTTP router's state.
@@ -118,6 +120,7 @@ impl CacheService {
                 db,
                 store,
                 settings,
+                access: AccessLog::default(),
             }),
         }
     }
@@ -135,6 +138,11 @@ impl CacheService {
     /// The settings.
     pub fn settings(&self) -> &Settings {
         &self.inner.settings
+    }
+
+    /// Reads of paths not yet written to the index; `kiln up` runs its flusher.
+    pub fn access_log(&self) -> &AccessLog {
+        &self.inner.access
     }
 
     /// Creates the default cache (`main`, public) unless it exists; returns it and whether it

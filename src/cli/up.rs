@@ -1,6 +1,7 @@
 //! `kiln up`: every role in one process. Today that is the binary cache behind the web tier.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Args;
@@ -9,6 +10,9 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
 use super::common::{ConfigArgs, open_service};
+
+/// How often reads of cached paths are written to the index.
+const ACCESS_FLUSH_INTERVAL: Duration = Duration::from_secs(30);
 
 /// Arguments of `kiln up`.
 #[derive(Debug, Args)]
@@ -57,8 +61,12 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
 
         let shutdown = CancellationToken::new();
         let app = kiln_web::router(service.clone());
-        let (served, signalled) =
-            tokio::join!(kiln_web::serve(listener, app, shutdown.clone()), stop_on_signal(shutdown.clone()));
+        // Everything `kiln up` runs, driven here until `shutdown`: nothing is spawned detached.
+        let (served, signalled, ()) = tokio::join!(
+            kiln_web::serve(listener, app, shutdown.clone()),
+            stop_on_signal(shutdown.clone()),
+            service.access_log().run(service.db(), ACCESS_FLUSH_INTERVAL, shutdown.clone()),
+        );
         signalled?;
         served?;
         service.db().close().await;

@@ -96,6 +96,7 @@ pub async fn get_file(
     };
     match index::find_path(service.db(), cache.id, hash).await? {
         Some(path) => {
+            service.access_log().touch(path.id);
             Ok(([(CONTENT_TYPE, NARINFO_TYPE)], path.narinfo.to_string()).into_response())
         }
         None => Err(CacheError::NotFound(format!("{file} in cache {name:?}"))),
