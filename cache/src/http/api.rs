@@ -104,6 +104,7 @@ fn view(cache: &CacheRecord, base: &str) -> CacheView {
 }
 
 /// `GET /api/v1/caches`: the public caches, and the private ones the token can read.
+#[tracing::instrument(skip_all)]
 pub async fn list_caches(
     State(service): State<CacheService>,
     headers: HeaderMap,
@@ -125,6 +126,7 @@ pub async fn list_caches(
 }
 
 /// `GET /api/v1/caches/{name}`.
+#[tracing::instrument(skip_all, fields(cache = %name))]
 pub async fn get_cache(
     State(service): State<CacheService>,
     Path(name): Path<String>,
@@ -214,6 +216,7 @@ fn read_meta(headers: &HeaderMap) -> Result<UploadMeta, CacheError> {
 }
 
 /// `POST /api/v1/caches/{name}/upload`.
+#[tracing::instrument(skip_all, fields(cache = %name))]
 pub async fn upload(
     State(service): State<CacheService>,
     Path(name): Path<String>,

@@ -78,6 +78,7 @@ fn narinfo_hash(file: &str) -> Option<&str> {
 }
 
 /// `GET|HEAD /{cache}/nix-cache-info` and `/{cache}/<hash>.narinfo`.
+#[tracing::instrument(skip_all, fields(cache = %name, file = %file))]
 pub async fn get_file(
     State(service): State<CacheService>,
     Path((name, file)): Path<(String, String)>,
@@ -104,6 +105,7 @@ pub async fn get_file(
 }
 
 /// `PUT /{cache}/<hash>.narinfo`: the last step of `nix copy --to`.
+#[tracing::instrument(skip_all, fields(cache = %name, file = %file))]
 pub async fn put_file(
     State(service): State<CacheService>,
     Path((name, file)): Path<(String, String)>,
@@ -162,6 +164,7 @@ fn parse_nar_name(file: &str) -> Result<(Compression, Hash), CacheError> {
 }
 
 /// `GET|HEAD /{cache}/nar/{file}`, with single byte ranges.
+#[tracing::instrument(skip_all, fields(cache = %name, file = %file))]
 pub async fn get_nar(
     State(service): State<CacheService>,
     Path((name, file)): Path<(String, String)>,
@@ -221,6 +224,7 @@ pub async fn get_nar(
 }
 
 /// `PUT /{cache}/nar/{file}`: stores a NAR file after checking it whole.
+#[tracing::instrument(skip_all, fields(cache = %name, file = %file))]
 pub async fn put_nar(
     State(service): State<CacheService>,
     Path((name, file)): Path<(String, String)>,
@@ -257,6 +261,7 @@ pub async fn put_nar(
 }
 
 /// `GET|HEAD /{cache}/log/{drv}`.
+#[tracing::instrument(skip_all, fields(cache = %name, drv = %drv))]
 pub async fn get_log(
     State(service): State<CacheService>,
     Path((name, drv)): Path<(String, String)>,
@@ -289,6 +294,7 @@ pub async fn get_log(
 }
 
 /// `PUT /{cache}/log/{drv}`: what `nix store copy-log --to` sends.
+#[tracing::instrument(skip_all, fields(cache = %name, drv = %drv))]
 pub async fn put_log(
     State(service): State<CacheService>,
     Path((name, drv)): Path<(String, String)>,
