@@ -430,3 +430,104 @@ fn nar_over_the_size_limit_is_refused_and_nothing_is_published() {
     );
     assert_eq!(r.status, 404);
 }
+
+/// Waits (up to a minute, polling) until `dir` or a folder below it holds a file whose name
+/// contains `needle`.
+fn wait_for_file(dir: &std::path::Path, needle: &str) {
+    fn found(dir: &std::path::Path, needle: &str) -> bool {
+        fs::read_dir(dir).into_iter().flatten().flatten().any(|e| {
+            let path = e.path();
+            path.file_name().unwrap().to_string_lossy().contains(needle)
+                || (path.is_dir() && found(&path, needle))
+        })
+    }
+    for _ in 0..6000 {
+        if found(dir, needle) {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    panic!(
+        "no file matching {needle:?} appeared under {}",
+        dir.display()
+    );
+}
+
+#[test]
+fn killing_the_server_mid_upload_leaves_only_whole_paths() {
+    use std::io::Write;
+
+    let kiln = Kiln::start();
+    let work = tempfile::tempdir().unwrap();
+    let src = NixStore::new(work.path(), "src");
+    let earlier = src.build(&chain_expr("kiln-crash-earlier", 2));
+    let netrc = write_netrc(work.path(), "netrc", &kiln.token("main", "push"));
+    ok(
+        &src.copy_to(&zstd_url(&kiln.substituter), &earlier, Some(&netrc)),
+        "nix copy --to",
+    );
+
+    // A 32 MiB NAR, sent half way through the upload API, then the server is killed.
+    let big = work.path().join("big");
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let noise: Vec<u8> = (0..32 << 20)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 56) as u8
+        })
+        .collect();
+    fs::write(&big, &noise).unwrap();
+    let mut nar = Vec::new();
+    kiln_nix::nar::dump_path(&big, &mut nar).unwrap();
+    let path = "/nix/store/0123456789abcdfghijklmnpqrsvwxyz-kiln-crash-big";
+    let token = kiln.token("main", "push");
+    let mut stream = std::net::TcpStream::connect(kiln.addr).unwrap();
+    write!(
+        stream,
+        "POST /api/v1/caches/main/upload HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {token}\r\n\
+         X-Kiln-Store-Path: {path}\r\nContent-Length: {}\r\n\r\n",
+        kiln.addr,
+        nar.len()
+    )
+    .unwrap();
+    stream.write_all(&nar[..nar.len() / 2]).unwrap();
+    // The upload is under way once its staging object is being written.
+    wait_for_file(&kiln.data_dir().join("cache/main/tmp"), ".tmp");
+
+    let kiln = kiln.crash_and_restart();
+    drop(stream);
+    let r = kiln.request(
+        "GET",
+        &format!("/cache/main/{}.narinfo", &path[11..43]),
+        &[],
+        Body::Empty,
+    );
+    assert_eq!(r.status, 404, "a half-uploaded path is served");
+    // Every NAR file left in storage is one the index vouches for.
+    for entry in fs::read_dir(kiln.data_dir().join("cache/main/nar")).unwrap() {
+        let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') {
+            continue;
+        }
+        let head = kiln.request("HEAD", &format!("/cache/main/nar/{name}"), &[], Body::Empty);
+        assert_eq!(head.status, 200, "nar/{name} is stored but not recorded");
+    }
+    let fresh = NixStore::new(work.path(), "fresh");
+    ok(
+        &fresh.substitute(&kiln.substituter, &kiln.public_key, &earlier, None),
+        "substitution after a crash",
+    );
+    assert!(fresh.has(&earlier[0]));
+
+    // The same path uploads whole after the restart.
+    let auth = format!("Bearer {}", kiln.token("main", "push"));
+    let r = kiln.request(
+        "POST",
+        "/api/v1/caches/main/upload",
+        &[("Authorization", &auth), ("X-Kiln-Store-Path", path)],
+        Body::Bytes(&nar),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+}

@@ -179,6 +179,18 @@ impl Kiln {
         );
     }
 
+    /// Kills the server with SIGKILL (no chance to clean up) and starts a new one on the same
+    /// data directory (on a new port).
+    pub fn crash_and_restart(mut self) -> Kiln {
+        if let Some(mut child) = self.child.take() {
+            child.kill().expect("SIGKILL kiln");
+            child.wait().expect("wait for kiln");
+        }
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+        let env = std::mem::take(&mut self.env);
+        Kiln::spawn(dir, env)
+    }
+
     /// Stops the server and starts a new one on the same data directory (on a new port).
     pub fn restart(mut self) -> Kiln {
         self.stop();
