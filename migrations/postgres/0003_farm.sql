@@ -85,6 +85,8 @@ CREATE TABLE steps (
     system TEXT NOT NULL,
     -- requiredSystemFeatures, sorted, space-separated.
     required_features TEXT NOT NULL DEFAULT '',
+    -- Store paths the build needs (outputs of input derivations, input sources), space-separated.
+    input_paths TEXT NOT NULL,
     status TEXT NOT NULL CHECK (status IN ('queued', 'running', 'succeeded', 'failed',
         'dependency-failed', 'failed-with-output', 'timed-out', 'cancelled', 'aborted',
         'unsupported', 'log-limit-exceeded', 'output-limit-exceeded')),
