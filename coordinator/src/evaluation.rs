@@ -43,8 +43,13 @@ pub enum InputValue {
     String(String),
     /// A boolean.
     Bool(bool),
-    /// The checkout of another repository.
-    Checkout(PathBuf),
+    /// The checkout of another repository at commit `rev`.
+    Git {
+        /// The checkout directory.
+        path: PathBuf,
+        /// The commit, hex.
+        rev: String,
+    },
 }
 
 /// What to evaluate in a checkout.
@@ -58,7 +63,10 @@ pub enum EvalSource {
         inputs: BTreeMap<String, InputValue>,
     },
     /// The checkout is a flake: `hydraJobs`, else `checks`.
-    Flake,
+    Flake {
+        /// The commit checked out (the flake's `self.rev`).
+        rev: String,
+    },
 }
 
 /// Jobs and per-job errors of an evaluation.
@@ -364,7 +372,9 @@ async fn evaluate_and_ingest(
         .await
         .map_err(Failure::Evaluation)?;
     let source = match &jobset.kind {
-        JobsetKind::Flake => EvalSource::Flake,
+        JobsetKind::Flake => EvalSource::Flake {
+            rev: commit.clone(),
+        },
         JobsetKind::Legacy { expression, inputs } => {
             let mut values = BTreeMap::new();
             for (input_name, input) in inputs {
@@ -378,7 +388,10 @@ async fn evaluate_and_ingest(
                             .checkout(&git.url, commit, &path)
                             .await
                             .map_err(|e| Failure::Evaluation(format!("input {input_name}: {e}")))?;
-                        InputValue::Checkout(path)
+                        InputValue::Git {
+                            path,
+                            rev: commit.clone(),
+                        }
                     }
                 };
                 values.insert(input_name.clone(), value);
