@@ -522,7 +522,20 @@ impl CacheClient {
         request: &UploadRequest,
         location: &Path,
     ) -> Result<UploadOutcome, ClientError> {
+        self.upload_path_with_progress(request, location, |_| {})
+            .await
+    }
+
+    /// Like [`CacheClient::upload_path`], calling `progress` with the size of each piece of
+    /// the NAR as it is handed to the connection (for progress bars).
+    pub async fn upload_path_with_progress(
+        &self,
+        request: &UploadRequest,
+        location: &Path,
+        progress: impl Fn(u64) + Send + Sync + 'static,
+    ) -> Result<UploadOutcome, ClientError> {
         let (nar, packer) = pack_nar(location.to_owned());
+        let nar = nar.inspect_ok(move |chunk| progress(chunk.len() as u64));
         let sent = self.upload_nar(request, Body::from_stream(nar)).await;
         // The packer ends once its output is closed, which the request has done by now.
         let packed = packer.await.unwrap_or_else(|e| {
