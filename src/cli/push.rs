@@ -79,7 +79,12 @@ pub async fn push(args: PushArgs) -> anyhow::Result<()> {
         .clone()
         .or_else(|| std::env::var(URL_ENV).ok())
         .unwrap_or_else(|| DEFAULT_URL.to_owned());
-    let client = CacheClient::new(&url, &args.cache, read_token(args.token_file.as_ref())?)?;
+    let Some(token) = read_token(args.token_file.as_ref())? else {
+        bail!(
+            "no token: pushing needs a push token; give it with --token-file FILE or {TOKEN_ENV}"
+        );
+    };
+    let client = CacheClient::new(&url, &args.cache, Some(token))?;
     let store = LocalStore::new(args.store.clone());
     let closure = store.closure(&args.paths)?;
     // Fails early, with the server's reason, on an unknown cache, an unreachable server or a
