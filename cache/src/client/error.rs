@@ -12,7 +12,7 @@ use crate::wire::ErrorBody;
 /// Why a cache request failed.
 #[derive(Debug, Error)]
 pub enum ClientError {
-    /// The base URL given to [`CacheClient::new`] is not an `http(s)://` URL.
+    /// The base URL given to [`CacheClient::new`](super::CacheClient::new) is not an `http(s)://` URL.
     #[error("invalid cache server URL {url:?}: {reason}")]
     InvalidUrl {
         /// The URL as given.
