@@ -75,6 +75,43 @@ pub struct Farm {
     pub steps: Box<dyn Consumer>,
 }
 
+/// A fresh database: SQLite in `dir`, or, when `KILN_TEST_POSTGRES_URL` names a PostgreSQL
+/// server (`postgres://user@host:port/db`), a new database on it.
+pub async fn test_database(dir: &tempfile::TempDir) -> Db {
+    match std::env::var("KILN_TEST_POSTGRES_URL") {
+        Ok(admin_url) if !admin_url.is_empty() => {
+            let admin = Db::connect(&admin_url).await.unwrap();
+            let name = format!(
+                "kiln_test_{}",
+                dir.path()
+                    .file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .to_lowercase()
+                    .replace(|c: char| !c.is_ascii_alphanumeric(), "_")
+            );
+            sqlx::query(&format!("CREATE DATABASE {name}"))
+                .execute(admin.pool())
+                .await
+                .unwrap();
+            admin.close().await;
+            let (base, query) = admin_url
+                .split_once('?')
+                .map_or((admin_url.as_str(), None), |(b, q)| (b, Some(q)));
+            let base = &base[..base.rfind('/').unwrap()];
+            let url = match query {
+                Some(q) => format!("{base}/{name}?{q}"),
+                None => format!("{base}/{name}"),
+            };
+            Db::connect(&url).await.unwrap()
+        }
+        _ => {
+            let url = format!("sqlite://{}", dir.path().join("kiln.sqlite").display());
+            Db::connect(&url).await.unwrap()
+        }
+    }
+}
+
 pub fn settings() -> DispatchSettings {
     DispatchSettings {
         max_retries: 2,
@@ -92,8 +129,7 @@ impl Farm {
     /// A farm with `slots` build slots for [`SYSTEM`].
     pub async fn new(slots: u32) -> Farm {
         let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("kiln.sqlite").display());
-        let db = Db::connect(&url).await.unwrap();
+        let db = test_database(&dir).await;
         db.migrate().await.unwrap();
         let project = projects::upsert_project(&db, "p", "", true, projects::Source::Api)
             .await
