@@ -60,7 +60,17 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
         println!("kiln: public key {}", main.public_key());
 
         let shutdown = CancellationToken::new();
-        let app = kiln_web::router(service.clone());
+        let logs = kiln_coordinator::logs::FileLogs::new(config.data_dir.join("logs"))?;
+        let app = kiln_web::router(
+            service.clone(),
+            kiln_web::FarmState {
+                db: service.db().clone(),
+                cache: service.clone(),
+                cache_name: main.name.clone(),
+                logs: std::sync::Arc::new(logs),
+                signals: None,
+            },
+        );
         // Everything `kiln up` runs, driven here until `shutdown`: nothing is spawned detached.
         let (served, signalled, ()) = tokio::join!(
             kiln_web::serve(listener, app, shutdown.clone()),

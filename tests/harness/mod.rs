@@ -13,11 +13,15 @@ use std::process::{Child, Command, Output, Stdio};
 
 use tempfile::TempDir;
 
+pub mod farm;
+
 /// A `kiln up` process and its data directory.
 pub struct Kiln {
     child: Option<Child>,
     dir: TempDir,
     env: Vec<(String, String)>,
+    /// Arguments after `up --listen 127.0.0.1:0` (and before `--data-dir`).
+    args: Vec<String>,
     /// `http://127.0.0.1:<port>`.
     pub base: String,
     /// The address it listens on.
@@ -45,24 +49,34 @@ impl Kiln {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        Kiln::spawn(dir, env)
+        Kiln::spawn(dir, env, vec!["--workers".to_owned(), "0".to_owned()])
     }
 
-    fn spawn(dir: TempDir, env: Vec<(String, String)>) -> Kiln {
+    /// Starts `kiln up` with `args` (e.g. `--config FILE --workers 2`) in `dir` (its data
+    /// directory is `dir/data`).
+    pub fn start_in(dir: TempDir, args: Vec<String>, env: &[(&str, &str)]) -> Kiln {
+        let env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Kiln::spawn(dir, env, args)
+    }
+
+    /// The temporary directory holding the data directory and the log.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn spawn(dir: TempDir, env: Vec<(String, String)>, args: Vec<String>) -> Kiln {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(dir.path().join("kiln.log"))
             .expect("log file");
         let mut child = Command::new(kiln_bin())
-            .args([
-                "up",
-                "--listen",
-                "127.0.0.1:0",
-                "--workers",
-                "0",
-                "--data-dir",
-            ])
+            .args(["up", "--listen", "127.0.0.1:0"])
+            .args(&args)
+            .arg("--data-dir")
             .arg(dir.path().join("data"))
             .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env("KILN_LOG", "info,kiln_cache=debug")
@@ -102,6 +116,7 @@ impl Kiln {
             child: Some(child),
             dir,
             env,
+            args,
             base,
             addr,
             public_key,
@@ -206,7 +221,8 @@ impl Kiln {
         }
         let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
         let env = std::mem::take(&mut self.env);
-        Kiln::spawn(dir, env)
+        let args = std::mem::take(&mut self.args);
+        Kiln::spawn(dir, env, args)
     }
 
     /// Stops the server and starts a new one on the same data directory (on a new port).
@@ -214,7 +230,8 @@ impl Kiln {
         self.stop();
         let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
         let env = std::mem::take(&mut self.env);
-        Kiln::spawn(dir, env)
+        let args = std::mem::take(&mut self.args);
+        Kiln::spawn(dir, env, args)
     }
 
     /// Sends one HTTP request to the server.
