@@ -18,6 +18,9 @@ pub(crate) type AttrPath = Vec<String>;
 /// last).
 const MAX_MESSAGE_BYTES: usize = 32 * 1024;
 
+/// The line Nix adds after every error, which says nothing about the error.
+const SHOW_TRACE_HINT: &str = "(use '--show-trace' to show detailed location information)";
+
 /// The longest stderr line read whole; longer lines are cut (a `names` record of a huge set
 /// fits well within it).
 const MAX_LINE_BYTES: usize = 256 * 1024 * 1024;
@@ -241,7 +244,8 @@ fn truncate(s: &str, max: usize) -> &str {
     &s[..end]
 }
 
-/// The last [`MAX_MESSAGE_BYTES`] of the lines Nix printed, with terminal escapes removed.
+/// The last [`MAX_MESSAGE_BYTES`] of the lines Nix printed, with terminal escapes and the
+/// `--show-trace` hint removed.
 #[derive(Default)]
 pub(crate) struct Tail {
     lines: std::collections::VecDeque<String>,
@@ -251,6 +255,9 @@ pub(crate) struct Tail {
 impl Tail {
     pub(crate) fn push(&mut self, line: &str) {
         let line = strip_ansi(line);
+        if line == SHOW_TRACE_HINT {
+            return;
+        }
         self.bytes += line.len() + 1;
         self.lines.push_back(line);
         while self.bytes > MAX_MESSAGE_BYTES && self.lines.len() > 1 {

@@ -256,6 +256,7 @@ impl Pool<'_> {
         if alone {
             // Evaluated alone in a fresh process: the failure is the path's own.
             for path in in_progress.iter().chain(&unreported) {
+                self.walked.stats.attributes += 1;
                 self.error(path, message.clone());
             }
             return;

@@ -122,3 +122,142 @@ pub fn drv_text(store: &Path, path: &str) -> String {
     std::fs::read_to_string(store.join(path.trim_start_matches('/')))
         .unwrap_or_else(|e| panic!("cannot read {path} in {}: {e}", store.display()))
 }
+
+/// A file of a test commit: path (with slashes), contents, git mode.
+pub struct File<'a> {
+    pub path: &'a str,
+    pub contents: &'a [u8],
+    pub mode: i32,
+}
+
+/// A regular file.
+pub fn file<'a>(path: &'a str, contents: &'a [u8]) -> File<'a> {
+    File {
+        path,
+        contents,
+        mode: 0o100644,
+    }
+}
+
+/// An executable file.
+pub fn executable<'a>(path: &'a str, contents: &'a [u8]) -> File<'a> {
+    File {
+        path,
+        contents,
+        mode: 0o100755,
+    }
+}
+
+/// A symbolic link to `target`.
+pub fn link<'a>(path: &'a str, target: &'a str) -> File<'a> {
+    File {
+        path,
+        contents: target.as_bytes(),
+        mode: 0o120000,
+    }
+}
+
+/// Commits exactly `files` on `branch` of the bare repository at `repo` (created if missing),
+/// with commit time `time` (seconds); returns the commit id.
+pub fn commit(repo: &Path, branch: &str, files: &[File<'_>], time: i64) -> String {
+    let repo = match git2::Repository::open_bare(repo) {
+        Ok(r) => r,
+        Err(_) => git2::Repository::init_bare(repo).expect("init repository"),
+    };
+    let tree = build_tree(&repo, files, "");
+    let tree = repo.find_tree(tree).expect("tree");
+    let signature =
+        git2::Signature::new("Test", "test@example.org", &git2::Time::new(time, 0)).unwrap();
+    let refname = format!("refs/heads/{branch}");
+    let parent = repo
+        .find_reference(&refname)
+        .ok()
+        .and_then(|r| r.peel_to_commit().ok());
+    let parents: Vec<&git2::Commit<'_>> = parent.iter().collect();
+    repo.commit(
+        Some(&refname),
+        &signature,
+        &signature,
+        "test commit",
+        &tree,
+        &parents,
+    )
+    .expect("commit")
+    .to_string()
+}
+
+fn build_tree(repo: &git2::Repository, files: &[File<'_>], prefix: &str) -> git2::Oid {
+    let mut builder = repo.treebuilder(None).expect("treebuilder");
+    let mut subdirs: BTreeMap<&str, ()> = BTreeMap::new();
+    for f in files {
+        let Some(rest) = f.path.strip_prefix(prefix) else {
+            continue;
+        };
+        match rest.split_once('/') {
+            Some((dir, _)) => {
+                subdirs.insert(dir, ());
+            }
+            None => {
+                let blob = repo.blob(f.contents).expect("blob");
+                builder.insert(rest, blob, f.mode).expect("insert");
+            }
+        }
+    }
+    for dir in subdirs.keys() {
+        let sub = build_tree(repo, files, &format!("{prefix}{dir}/"));
+        builder.insert(dir, sub, 0o040000).expect("insert dir");
+    }
+    builder.write().expect("write tree")
+}
+
+/// Copies the files of directory `dir` (recursively) as test-commit files.
+pub fn files_of(dir: &Path) -> Vec<(String, Vec<u8>, i32)> {
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, Vec<u8>, i32)>) {
+        use std::os::unix::fs::PermissionsExt;
+        let mut entries: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap())
+            .collect();
+        entries.sort_by_key(|e| e.file_name());
+        for entry in entries {
+            let path = entry.path();
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            let rel = path
+                .strip_prefix(root)
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .to_owned();
+            if meta.is_dir() {
+                walk(root, &path, out);
+            } else if meta.file_type().is_symlink() {
+                let target = std::fs::read_link(&path).unwrap();
+                out.push((rel, target.to_str().unwrap().as_bytes().to_vec(), 0o120000));
+            } else {
+                let mode = if meta.permissions().mode() & 0o111 != 0 {
+                    0o100755
+                } else {
+                    0o100644
+                };
+                out.push((rel, std::fs::read(&path).unwrap(), mode));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out);
+    out
+}
+
+/// Commits the contents of directory `dir` on `branch` of the bare repository `repo`.
+pub fn commit_dir(repo: &Path, branch: &str, dir: &Path, time: i64) -> String {
+    let owned = files_of(dir);
+    let files: Vec<File<'_>> = owned
+        .iter()
+        .map(|(path, contents, mode)| File {
+            path,
+            contents,
+            mode: *mode,
+        })
+        .collect();
+    commit(repo, branch, &files, time)
+}
