@@ -460,7 +460,7 @@ async fn write_to_store(
         .output()
         .await
         .map_err(|source| EvalError::Spawn {
-            program: super::command::NIX_INSTANTIATE.to_owned(),
+            program: command.program.display().to_string(),
             source,
         })?;
     if !output.status.success() {

@@ -35,6 +35,8 @@ pub(crate) struct Command {
     pub(crate) max_memory: u64,
     /// The root of the chroot store, if any.
     pub(crate) store: Option<PathBuf>,
+    /// The `nix-instantiate` to run.
+    pub(crate) program: PathBuf,
 }
 
 impl Command {
@@ -135,6 +137,10 @@ impl Command {
             marker,
             max_memory: req.max_memory,
             store: req.nix.store.clone(),
+            program: match &req.nix.bin_dir {
+                Some(dir) => dir.join(NIX_INSTANTIATE),
+                None => PathBuf::from(NIX_INSTANTIATE),
+            },
         })
     }
 
@@ -178,7 +184,7 @@ impl Command {
     }
 
     fn base(&self) -> tokio::process::Command {
-        let mut command = tokio::process::Command::new(NIX_INSTANTIATE);
+        let mut command = tokio::process::Command::new(&self.program);
         // Hydra evaluates without NIX_PATH, so `<nixpkgs>` can only mean an input.
         command
             .env_remove("NIX_PATH")

@@ -115,6 +115,8 @@ pub struct NixSettings {
     /// When set, a symbolic link named after each job's `.drv` is made here, pointing to it,
     /// so that a directory under the store's `gcroots` keeps the derivations alive.
     pub gc_roots_dir: Option<PathBuf>,
+    /// The directory holding `nix-instantiate`; `None` to look it up in `PATH`.
+    pub bin_dir: Option<PathBuf>,
 }
 
 /// The outcome of an evaluation that did not fail as a whole.

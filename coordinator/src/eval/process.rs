@@ -7,7 +7,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::EvalError;
-use super::command::{Command, NIX_INSTANTIATE};
+use super::command::Command;
 use super::jobs::Record;
 use super::walk::MAX_DEPTH;
 
@@ -93,7 +93,7 @@ async fn run(
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|source| EvalError::Spawn {
-            program: NIX_INSTANTIATE.to_owned(),
+            program: command.program.display().to_string(),
             source,
         })?;
     let stderr = child

@@ -43,6 +43,7 @@ pub fn chroot_settings(dir: &Path) -> NixSettings {
         store: Some(dir.join("store")),
         options: vec![("substituters".into(), String::new())],
         gc_roots_dir: None,
+        bin_dir: None,
     }
 }
 
