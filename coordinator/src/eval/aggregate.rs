@@ -128,9 +128,9 @@ impl Planner<'_> {
 
         let order = order(&resolutions);
         for (name, message) in &order.cycles {
-            if let Some((_, resolution)) = resolutions.get_mut(name) {
-                resolution.broken.insert("(cycle)".into(), message.clone());
-            }
+            resolutions.remove(name);
+            self.jobs.remove(name);
+            self.errors.insert(name.clone(), message.clone());
         }
 
         let store_dir = StoreDir::default();
@@ -146,16 +146,23 @@ impl Planner<'_> {
 
         let mut writes = Vec::new();
         for name in order.sorted.iter().chain(&order.stuck) {
+            // Aggregates on a cycle are errors already and have no resolution left.
             let Some((spec, mut resolution)) = resolutions.remove(name) else {
                 continue;
             };
             for dep in &resolution.named {
-                if let Some(error) = self.errors.get(dep) {
+                if order.cycles.contains_key(dep) {
+                    resolution.broken.insert(
+                        dep.clone(),
+                        "is on a dependency cycle between aggregates".into(),
+                    );
+                } else if order.stuck.contains(dep) {
+                    resolution.broken.insert(
+                        dep.clone(),
+                        "depends on a dependency cycle between aggregates".into(),
+                    );
+                } else if let Some(error) = self.errors.get(dep) {
                     resolution.broken.insert(dep.clone(), failed(error));
-                } else if order.stuck.contains(dep) && !self.jobs.contains_key(dep) {
-                    resolution
-                        .broken
-                        .insert(dep.clone(), "is on a dependency cycle".into());
                 }
             }
             if !resolution.broken.is_empty() {
@@ -310,14 +317,20 @@ fn lookup(
     read_drv(store_root, path)
 }
 
-/// "failed to evaluate: <first line of the error>".
+/// Why a constituent that is an error is broken: the first line of Nix's message, or, for an
+/// aggregate, that it is broken itself.
 fn failed(error: &str) -> String {
+    if error.starts_with(BROKEN_PREFIX) {
+        return "is an aggregate with broken constituents".into();
+    }
     let first = error.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
     format!("failed to evaluate: {}", first.trim())
 }
 
+const BROKEN_PREFIX: &str = "aggregate job '";
+
 fn broken_message(name: &str, broken: &BTreeMap<String, String>) -> String {
-    let mut message = format!("aggregate job '{name}' has broken constituents:");
+    let mut message = format!("{BROKEN_PREFIX}{name}' has broken constituents:");
     for (constituent, why) in broken {
         message.push_str(&format!("\n  {constituent}: {why}"));
     }
@@ -329,8 +342,8 @@ fn broken_message(name: &str, broken: &BTreeMap<String, String>) -> String {
 struct Order {
     /// Every aggregate whose aggregate constituents come before it.
     sorted: Vec<String>,
-    /// Aggregates on or behind a cycle.
-    stuck: Vec<String>,
+    /// Aggregates on or behind a cycle (all errors).
+    stuck: BTreeSet<String>,
     /// Aggregates on a cycle → the message naming it.
     cycles: BTreeMap<String, String>,
 }
