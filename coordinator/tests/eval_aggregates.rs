@@ -18,8 +18,13 @@ struct Evaluated {
 
 fn evaluate() -> Evaluated {
     let tmp = tempfile::tempdir().unwrap();
-    let result = run(&legacy(&fixture("aggregates"), "release.nix", BTreeMap::new(), tmp.path()))
-        .expect("evaluates");
+    let result = run(&legacy(
+        &fixture("aggregates"),
+        "release.nix",
+        BTreeMap::new(),
+        tmp.path(),
+    ))
+    .expect("evaluates");
     Evaluated {
         store: tmp.path().join("store"),
         _tmp: tmp,
@@ -72,7 +77,13 @@ fn named_constituents_become_inputs_of_a_rewritten_derivation() {
     let store = e.store.to_str().unwrap();
     let valid = nix_ok(
         "nix-store",
-        &["--store", store, "--check-validity", "--print-invalid", &by_name.drv_path.to_absolute()],
+        &[
+            "--store",
+            store,
+            "--check-validity",
+            "--print-invalid",
+            &by_name.drv_path.to_absolute(),
+        ],
     );
     assert!(valid.is_empty(), "{valid}");
 }
@@ -97,8 +108,14 @@ fn constituents_given_as_derivations_are_named_by_their_jobs() {
     let reference = tempfile::tempdir().unwrap();
     let file = fixture("aggregates").join("release.nix");
     let store = reference.path().to_str().unwrap();
-    let original = nix_ok("nix-instantiate", &["--store", store, file.to_str().unwrap(), "-A", "byDrv"]);
-    assert_eq!(job(&e.result, "byDrv").drv_path.to_absolute(), original.trim());
+    let original = nix_ok(
+        "nix-instantiate",
+        &["--store", store, file.to_str().unwrap(), "-A", "byDrv"],
+    );
+    assert_eq!(
+        job(&e.result, "byDrv").drv_path.to_absolute(),
+        original.trim()
+    );
 }
 
 #[test]
@@ -116,10 +133,16 @@ fn an_aggregate_of_aggregates_depends_on_the_rewritten_one_and_builds() {
     let mut args = vec!["--store", store, "--realise", &top];
     args.extend(SANDBOX_OPTIONS);
     let out = nix_ok("nix-store", &args);
-    assert_eq!(out.trim(), job(&e.result, "ofAggregates").outputs["out"].to_absolute());
+    assert_eq!(
+        out.trim(),
+        job(&e.result, "ofAggregates").outputs["out"].to_absolute()
+    );
     for name in ["byName", "pkgs.a", "pkgs.b", "globTarget"] {
         let path = job(&e.result, name).outputs["out"].to_absolute();
-        assert!(e.store.join(path.trim_start_matches('/')).exists(), "{name} not built");
+        assert!(
+            e.store.join(path.trim_start_matches('/')).exists(),
+            "{name} not built"
+        );
     }
 }
 
@@ -136,7 +159,10 @@ fn broken_constituents_make_the_aggregate_an_error_naming_them() {
         "{broken}"
     );
     let no_match = error(&e.result, "noMatchGlob");
-    assert!(no_match.contains("nothing.*: constituent glob pattern had no matches"), "{no_match}");
+    assert!(
+        no_match.contains("nothing.*: constituent glob pattern had no matches"),
+        "{no_match}"
+    );
     // The constituent's own error is still there.
     assert!(error(&e.result, "broken.x").contains("constituent x is broken"));
 }
@@ -146,7 +172,10 @@ fn cycles_between_aggregates_are_errors_and_so_is_what_depends_on_them() {
     let e = evaluate();
     for name in ["cycleA", "cycleB"] {
         let message = error(&e.result, name);
-        assert!(message.contains("dependency cycle between aggregates"), "{message}");
+        assert!(
+            message.contains("dependency cycle between aggregates"),
+            "{message}"
+        );
         assert!(message.contains("cycleA -> cycleB -> cycleA"), "{message}");
     }
     let behind = error(&e.result, "behindCycle");

@@ -7,8 +7,16 @@ use std::collections::BTreeMap;
 use eval_support::*;
 use kiln_coordinator::eval::EvalError;
 
-fn evaluate_fixture(name: &str, store: &std::path::Path) -> Result<kiln_coordinator::eval::EvalResult, EvalError> {
-    run(&legacy(&fixture(name), "release.nix", BTreeMap::new(), store))
+fn evaluate_fixture(
+    name: &str,
+    store: &std::path::Path,
+) -> Result<kiln_coordinator::eval::EvalResult, EvalError> {
+    run(&legacy(
+        &fixture(name),
+        "release.nix",
+        BTreeMap::new(),
+        store,
+    ))
 }
 
 #[test]
@@ -20,14 +28,20 @@ fn each_failing_job_gets_nix_message_and_hides_no_other_job() {
     assert_eq!(names, ["good", "mixed.fine", "nested.good"]);
 
     let expected = [
-        ("aborts", "evaluation aborted with the following error message: 'this job aborts on purpose'"),
+        (
+            "aborts",
+            "evaluation aborted with the following error message: 'this job aborts on purpose'",
+        ),
         ("asserts", "assertion '(1 == 2)' failed"),
         ("bad-input", "error: a dependency throws"),
         ("broken-set", "error: this attribute set throws"),
         ("hog", "error: out of memory"),
         ("mixed.bad", "'mixed bad aborts'"),
         ("recursion", "error: infinite recursion encountered"),
-        ("stack", "error: stack overflow (possible infinite recursion)"),
+        (
+            "stack",
+            "error: stack overflow (possible infinite recursion)",
+        ),
         ("throws", "error: this job throws on purpose"),
         ("type-error", "error: cannot add a string to an integer"),
     ];
@@ -47,9 +61,19 @@ fn each_failing_job_gets_nix_message_and_hides_no_other_job() {
 #[test]
 fn errors_are_the_same_whatever_the_process_count() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut one = legacy(&fixture("errors"), "release.nix", BTreeMap::new(), &tmp.path().join("a"));
+    let mut one = legacy(
+        &fixture("errors"),
+        "release.nix",
+        BTreeMap::new(),
+        &tmp.path().join("a"),
+    );
     one.max_processes = 1;
-    let mut three = legacy(&fixture("errors"), "release.nix", BTreeMap::new(), &tmp.path().join("b"));
+    let mut three = legacy(
+        &fixture("errors"),
+        "release.nix",
+        BTreeMap::new(),
+        &tmp.path().join("b"),
+    );
     three.max_processes = 3;
     let a = run(&one).unwrap();
     let b = run(&three).unwrap();
@@ -66,7 +90,12 @@ fn errors_are_the_same_whatever_the_process_count() {
 #[test]
 fn a_process_ended_by_the_memory_cap_only_fails_the_job_it_was_on() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut req = legacy(&fixture("errors"), "release.nix", BTreeMap::new(), tmp.path());
+    let mut req = legacy(
+        &fixture("errors"),
+        "release.nix",
+        BTreeMap::new(),
+        tmp.path(),
+    );
     // One process: the hog kills the batch holding every other job.
     req.max_processes = 1;
     let result = run(&req).unwrap();
@@ -89,7 +118,12 @@ fn a_syntax_error_fails_the_evaluation_with_nix_message() {
 #[test]
 fn a_missing_expression_file_fails_the_evaluation_with_nix_message() {
     let tmp = tempfile::tempdir().unwrap();
-    let req = legacy(&fixture("errors"), "no-such-file.nix", BTreeMap::new(), tmp.path());
+    let req = legacy(
+        &fixture("errors"),
+        "no-such-file.nix",
+        BTreeMap::new(),
+        tmp.path(),
+    );
     let err = run(&req).unwrap_err();
     let EvalError::Nix { message } = &err else {
         panic!("{err:?}")
@@ -130,8 +164,13 @@ fn restricted_evaluation_keeps_jobsets_inside_their_inputs() {
         "{ leak = builtins.readFile /etc/hostname; }",
     )
     .unwrap();
-    let result = run(&legacy(&checkout, "release.nix", BTreeMap::new(), &tmp.path().join("s")))
-        .unwrap();
+    let result = run(&legacy(
+        &checkout,
+        "release.nix",
+        BTreeMap::new(),
+        &tmp.path().join("s"),
+    ))
+    .unwrap();
     assert!(
         error(&result, "leak").contains("is forbidden in restricted mode"),
         "{:?}",
@@ -142,7 +181,12 @@ fn restricted_evaluation_keeps_jobsets_inside_their_inputs() {
 #[test]
 fn a_missing_nix_instantiate_is_a_spawn_error() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut req = legacy(&fixture("errors"), "release.nix", BTreeMap::new(), tmp.path());
+    let mut req = legacy(
+        &fixture("errors"),
+        "release.nix",
+        BTreeMap::new(),
+        tmp.path(),
+    );
     req.nix.bin_dir = Some(tmp.path().join("no-nix-here"));
     let err = run(&req).unwrap_err();
     assert!(

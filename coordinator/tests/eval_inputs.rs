@@ -48,7 +48,10 @@ fn string_boolean_path_and_git_inputs_reach_the_jobset_function() {
     mirror.checkout(&url, &rev, &lib).unwrap();
 
     let inputs = BTreeMap::from([
-        ("greeting".to_owned(), EvalInput::String("hello world".into())),
+        (
+            "greeting".to_owned(),
+            EvalInput::String("hello world".into()),
+        ),
         ("loud".to_owned(), EvalInput::Bool(true)),
         ("src".to_owned(), EvalInput::Checkout(src.clone())),
         (
@@ -66,7 +69,10 @@ fn string_boolean_path_and_git_inputs_reach_the_jobset_function() {
     assert!(result.errors.is_empty(), "{:?}", result.errors);
 
     let env = env_of(&store.join("store"), &result, "hello");
-    let drv = drv_text(&store.join("store"), &job(&result, "hello").drv_path.to_absolute());
+    let drv = drv_text(
+        &store.join("store"),
+        &job(&result, "hello").drv_path.to_absolute(),
+    );
     assert!(drv.contains("echo hello world! > $out"), "{drv}");
     assert_eq!(env["fromSrc"], "from the src checkout");
     assert_eq!(env["libRev"], rev);
@@ -75,7 +81,10 @@ fn string_boolean_path_and_git_inputs_reach_the_jobset_function() {
     assert_eq!(env["unused"], "default");
     // `"${lib}"` copied the checkout to the store, as a path input is.
     let tree = &env["libTree"];
-    assert!(tree.starts_with("/nix/store/") && tree.ends_with("-lib"), "{tree}");
+    assert!(
+        tree.starts_with("/nix/store/") && tree.ends_with("-lib"),
+        "{tree}"
+    );
     let copied = store.join("store").join(tree.trim_start_matches('/'));
     assert_eq!(
         std::fs::read_to_string(copied.join("value.nix")).unwrap(),
@@ -87,7 +96,13 @@ fn string_boolean_path_and_git_inputs_reach_the_jobset_function() {
 fn a_missing_required_input_fails_the_evaluation_with_nix_message() {
     let tmp = tempfile::tempdir().unwrap();
     let inputs = BTreeMap::from([("greeting".to_owned(), EvalInput::String("hi".into()))]);
-    let err = run(&legacy(&fixture("inputs"), "release.nix", inputs, tmp.path())).unwrap_err();
+    let err = run(&legacy(
+        &fixture("inputs"),
+        "release.nix",
+        inputs,
+        tmp.path(),
+    ))
+    .unwrap_err();
     let EvalError::Nix { message } = &err else {
         panic!("{err:?}")
     };
@@ -104,6 +119,12 @@ fn a_bad_git_revision_is_refused() {
             rev: "main".into(),
         },
     )]);
-    let err = run(&legacy(&fixture("inputs"), "release.nix", inputs, tmp.path())).unwrap_err();
+    let err = run(&legacy(
+        &fixture("inputs"),
+        "release.nix",
+        inputs,
+        tmp.path(),
+    ))
+    .unwrap_err();
     assert!(matches!(err, EvalError::InvalidRequest(_)), "{err:?}");
 }
