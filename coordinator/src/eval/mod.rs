@@ -170,7 +170,8 @@ pub struct JobMeta {
     /// `meta.description`, when it is a string.
     pub description: Option<String>,
     /// `meta.license` as JSON (a string, a nixpkgs license set, or a list of those); null when
-    /// absent. Functions are dropped and nesting is cut at depth 6.
+    /// absent or failing. In all free-form fields functions become null, derivations their
+    /// name, and values more than six levels below the field null.
     pub license: serde_json::Value,
     /// `meta.homepage` as JSON (usually a string); null when absent.
     pub homepage: serde_json::Value,
