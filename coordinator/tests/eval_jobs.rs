@@ -18,7 +18,10 @@ fn every_meta_field_is_read_as_hydra_does() {
     let tmp = tempfile::tempdir().unwrap();
     let result = evaluate(tmp.path());
     let rich = &job(&result, "rich").meta;
-    assert_eq!(rich.description.as_deref(), Some("A job with every meta field"));
+    assert_eq!(
+        rich.description.as_deref(),
+        Some("A job with every meta field")
+    );
     assert_eq!(
         rich.license,
         json!([{ "shortName": "mit", "spdxId": "MIT", "free": true }, "custom"])
@@ -102,12 +105,54 @@ fn gc_roots_keep_every_job_derivation_through_a_garbage_collection() {
     // Something unrooted, to see the collector run.
     let stray = nix_ok(
         "nix-store",
-        &["--store", store.to_str().unwrap(), "--add", fixture("jobs").join("release.nix").to_str().unwrap()],
+        &[
+            "--store",
+            store.to_str().unwrap(),
+            "--add",
+            fixture("jobs").join("release.nix").to_str().unwrap(),
+        ],
     );
     nix_ok("nix-store", &["--store", store.to_str().unwrap(), "--gc"]);
     assert!(!store.join(stray.trim().trim_start_matches('/')).exists());
     for j in &result.jobs {
         let drv = j.drv_path.to_absolute();
-        assert!(store.join(drv.trim_start_matches('/')).exists(), "{} collected", j.name);
+        assert!(
+            store.join(drv.trim_start_matches('/')).exists(),
+            "{} collected",
+            j.name
+        );
     }
+}
+
+#[test]
+fn a_wide_jobset_is_spread_over_processes_with_the_same_result() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut one = legacy(
+        &fixture("wide"),
+        "release.nix",
+        BTreeMap::new(),
+        &tmp.path().join("a"),
+    );
+    one.max_processes = 1;
+    let mut three = legacy(
+        &fixture("wide"),
+        "release.nix",
+        BTreeMap::new(),
+        &tmp.path().join("b"),
+    );
+    three.max_processes = 3;
+    let a = run(&one).unwrap();
+    let b = run(&three).unwrap();
+    assert_eq!(a.jobs.len(), 299 + 50);
+    assert_eq!(a.jobs, b.jobs);
+    assert_eq!(a.errors, b.errors);
+    assert!(error(&a, "job150").contains("job 150 aborts"));
+    assert!(
+        job(&b, "group.member49")
+            .drv_path
+            .name()
+            .ends_with("member-49.drv")
+    );
+    // The 300 top-level attributes exceed what one process takes on: the walk was shared.
+    assert!(b.stats.processes >= 4, "{:?}", b.stats);
 }

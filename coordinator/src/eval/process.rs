@@ -318,6 +318,22 @@ mod tests {
     }
 
     #[test]
+    fn exits_are_described_by_status_or_signal() {
+        assert_eq!(
+            describe_exit(ExitStatus::from_raw(1 << 8)),
+            "exited with status 1"
+        );
+        assert_eq!(
+            describe_exit(ExitStatus::from_raw(9)),
+            "was killed (signal 9, SIGKILL)"
+        );
+        assert_eq!(
+            describe_exit(ExitStatus::from_raw(11)),
+            "crashed (signal 11, SIGSEGV)"
+        );
+    }
+
+    #[test]
     fn message_tail_keeps_the_last_lines() {
         let mut tail = Tail::default();
         for i in 0..100_000 {

@@ -1,12 +1,13 @@
 //! The walk of a jobset's attribute tree by a pool of memory-capped walker processes.
 //!
-//! The top level is evaluated first, alone: its failure is the evaluation's. Its attributes then
-//! go into a queue shared by at most `max_processes` processes. Each process takes a batch (the
-//! queue's length divided by the process count, capped), reports every path as it finishes it,
-//! and the attribute sets it finds are queued at once, so idle slots pick them up while it still
-//! runs. Paths that need isolation (a caught `throw`/`assert` whose message is wanted, or the
+//! Attribute paths wait in a queue shared by at most `max_processes` processes; the top level
+//! (the empty path) is the first. Each process takes a batch (the queue's length divided by the
+//! process count, capped), reports every path as it finishes it, and walks the attribute sets it
+//! finds itself while they fit its budget (a few times the batch); the others are queued at
+//! once, so idle slots pick them up while it still runs. A small jobset is thus walked by one
+//! process, a large one spread over all of them. Paths that need isolation (a caught `throw`/`assert` whose message is wanted, or the
 //! path a process was on when it died) are evaluated alone, each in a fresh process; their
-//! failure there is the job's error.
+//! failure there is the job's error — or, for the top level, the evaluation's.
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -17,6 +18,11 @@ use super::command::{Command, MAX_REQUEST_BYTES};
 use super::jobs::{RawJob, Record};
 use super::process::{AttrPath, Crash, Report, run_batch};
 use super::{EvalError, EvalStats, job_name};
+
+/// The fewest attribute paths one process is given when there are that many: every process
+/// evaluates the jobset's top level again and opens the store, which costs about as much as
+/// evaluating a hundred small jobs.
+const MIN_BATCH: usize = 100;
 
 /// The most attribute paths one process is given.
 const MAX_BATCH: usize = 500;
@@ -59,29 +65,9 @@ pub(crate) async fn walk(command: &Command, max_processes: usize) -> Result<Walk
     };
     let (sender, mut receiver) = mpsc::unbounded_channel();
 
-    // The top level, alone: its failure fails the evaluation.
-    pool.start(vec![Vec::new()], true, &sender);
-    let mut root_done = false;
-    while !root_done {
-        match next_report(&mut receiver).await? {
-            Report::Record { record, .. } => pool.root(record)?,
-            Report::Caught { .. } => {
-                return Err(EvalError::Protocol(
-                    "the top level was evaluated with tryEval".into(),
-                ));
-            }
-            Report::Finished { result, .. } => {
-                pool.running -= 1;
-                if let Some(crash) = result? {
-                    return Err(EvalError::Nix {
-                        message: crash.message,
-                    });
-                }
-                root_done = true;
-            }
-        }
-    }
-
+    // The top level is a batch like any other, walking what it finds within its budget;
+    // its failure (found when it is evaluated alone) fails the evaluation.
+    pool.queue.push_back(Vec::new());
     loop {
         pool.fill(&sender);
         if pool.running == 0 {
@@ -104,6 +90,9 @@ pub(crate) async fn walk(command: &Command, max_processes: usize) -> Result<Walk
     }
     // Every task has reported `Finished`; reap them.
     while pool.tasks.join_next().await.is_some() {}
+    if let Some(message) = pool.walked.errors.remove("") {
+        return Err(EvalError::Nix { message });
+    }
     Ok(pool.walked)
 }
 
@@ -132,7 +121,7 @@ impl Pool<'_> {
     fn start(&mut self, paths: Vec<AttrPath>, alone: bool, sender: &mpsc::UnboundedSender<Report>) {
         self.running += 1;
         self.walked.stats.processes += 1;
-        if alone && paths.iter().any(|p| !p.is_empty()) {
+        if alone {
             self.walked.stats.isolated += 1;
         }
         // A path alone takes on nothing more; a batch walks what it finds up to a few times
@@ -152,12 +141,13 @@ impl Pool<'_> {
     /// Starts processes while there are free slots and work.
     fn fill(&mut self, sender: &mpsc::UnboundedSender<Report>) {
         // Share what is queued now between all the processes, not only the free ones: others
-        // will be free soon, and a last small batch is cheaper than a long one holding up the end.
+        // will be free soon, and a last small batch is cheaper than a long one holding up the
+        // end (guided self-scheduling, with a floor so that process start-up stays amortised).
         let want = self
             .queue
             .len()
             .div_ceil(self.max_processes)
-            .clamp(1, MAX_BATCH);
+            .clamp(MIN_BATCH, MAX_BATCH);
         while self.running < self.max_processes {
             if let Some(path) = self.alone.pop_front() {
                 self.start(vec![path], true, sender);
@@ -190,21 +180,6 @@ impl Pool<'_> {
         }
     }
 
-    fn root(&mut self, record: Record) -> Result<(), EvalError> {
-        match record {
-            Record::Attrs { names } => {
-                self.walked.stats.attributes += 1;
-                self.children(&[], names)
-            }
-            Record::Job(_) => Err(EvalError::NotAJobset {
-                found: "a derivation".into(),
-            }),
-            Record::Skip { type_of } => Err(EvalError::NotAJobset {
-                found: with_article(&type_of),
-            }),
-        }
-    }
-
     fn record(
         &mut self,
         path: AttrPath,
@@ -212,6 +187,21 @@ impl Pool<'_> {
         walked_here: bool,
     ) -> Result<(), EvalError> {
         self.walked.stats.attributes += 1;
+        if path.is_empty() {
+            match &record {
+                Record::Attrs { .. } => {}
+                Record::Job(_) => {
+                    return Err(EvalError::NotAJobset {
+                        found: "a derivation".into(),
+                    });
+                }
+                Record::Skip { type_of } => {
+                    return Err(EvalError::NotAJobset {
+                        found: with_article(type_of),
+                    });
+                }
+            }
+        }
         match record {
             Record::Job(job) => {
                 self.walked.jobs.insert(job_name(&path), *job);
