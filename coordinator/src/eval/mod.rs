@@ -20,22 +20,33 @@
 //! - Aggregates (`_hydraAggregate = true`) list their `constituents` as derivations or as job
 //!   names (globs with `_hydraGlobConstituents = true`); named constituents are resolved after the
 //!   whole jobset is evaluated and added to the aggregate's `.drv` as inputs, which gives it a new
-//!   output path and a new `.drv` (see [`aggregate`]).
+//!   output path and a new `.drv`, registered with Nix through `builtins.toFile` (Nix checks the
+//!   output paths of every `.drv` it registers). A name matching no job, a constituent that
+//!   failed, or a cycle between aggregates makes the aggregate a [`JobError`].
 //!
 //! # Process model
-//! The attribute tree is walked breadth first by a pool of at most `max_processes` concurrent
-//! `nix-instantiate` processes, each with its address space capped at `max_memory` bytes
-//! (`RLIMIT_AS`). Each process evaluates a batch of attribute paths in order and reports every
-//! path as it finishes it, so that attribute sets found in one batch feed the next batches while
-//! it runs (see [`walk`]). A `throw` or an `assert` is caught in the process (`builtins.tryEval`)
-//! and the path is evaluated again alone to get Nix's message. Anything else ends the process: the
-//! path it was on is then evaluated again alone in a fresh process (its error, if it fails there
-//! too, is the job's error; a path that only failed because earlier paths filled the memory
-//! succeeds there) and the rest of the batch goes back to the queue.
+//! The attribute tree is walked by a pool of at most `max_processes` concurrent `nix-instantiate`
+//! processes, each with its address space capped at `max_memory` bytes (`RLIMIT_AS`, set
+//! between fork and exec). Attribute paths wait in a queue, the top level first. A process is
+//! given a batch (the queue's length divided by `max_processes`, at least 100 and at most 500
+//! paths), evaluates it in order and reports every path on stderr as it finishes it. Attribute
+//! sets it finds it walks itself, breadth first, while they fit a budget of about four times its
+//! batch; larger ones are queued at once, so idle processes pick them up while it still runs. A
+//! small jobset is thus walked by one process, a large one spread over all of them.
+//!
+//! A `throw` or an `assert` is caught in the process (`builtins.tryEval`) and the path is
+//! evaluated again alone, in a fresh process, to get Nix's message. Anything else (`abort`,
+//! infinite recursion, type errors, the memory cap, a stack overflow, a crash) ends the process:
+//! the path it was on is evaluated again alone in a fresh process, and the paths it had not
+//! reached go back to the queue. Alone, a failure is the path's own error (so a path that only
+//! failed because earlier paths had filled the memory succeeds there); for the top level it is
+//! the evaluation's [`EvalError::Nix`]. Each derivation found is then read from the store
+//! (outputs, system, required features), and aggregates are resolved and rewritten by one more
+//! process.
 //!
 //! Derivations are written (`--read-write-mode`) to the store [`NixSettings::store`] names.
 
-pub mod aggregate;
+mod aggregate;
 mod command;
 mod glob;
 mod jobs;
@@ -254,8 +265,15 @@ pub enum EvalError {
 
 /// Evaluates a jobset: every job's derivation is written to the store, every job that fails is
 /// recorded with Nix's message; `Err` only when the jobset as a whole cannot be evaluated.
+///
+/// Needs a Tokio runtime (child processes and blocking file work run on it); dropping the
+/// future kills the evaluator processes.
 pub async fn evaluate(req: &EvalRequest) -> Result<EvalResult, EvalError> {
-    let command = command::Command::prepare(req)?;
+    // Preparing may hash a flake's checkout: off the async threads.
+    let prepared = req.clone();
+    let command = tokio::task::spawn_blocking(move || command::Command::prepare(&prepared))
+        .await
+        .map_err(|e| EvalError::Protocol(format!("preparing the evaluation panicked: {e}")))??;
     let walked = walk::walk(&command, req.max_processes.max(1)).await?;
     let mut stats = walked.stats;
     let mut errors = walked.errors;
