@@ -6,16 +6,23 @@
 //! through the bus ([`kiln_bus::Bus`]) and to the cache through its index and upload API. It must
 //! never build anything itself nor hold the cache's signing key.
 //!
+//! [`git`] keeps bare mirrors of jobset repositories and checks commits out; [`eval`] evaluates a
+//! checked-out jobset with real Nix, in several memory-capped processes, into jobs (derivations
+//! written to a Nix store) and per-job errors; [`backends`] plugs both into the coordinator.
+//!
 //! The flow of one commit: [`evaluation::poll_once`] notices it and queues an evaluation;
 //! [`evaluation::run_evaluator`] checks it out, has Nix evaluate it and hands the jobs to
 //! [`ingest`], which writes builds and steps; the [`dispatch::Dispatcher`] loads them into the
 //! [`graph`], publishes runnable steps in the [`scheduler`]'s order and applies the results the
 //! workers send back.
 
+pub mod backends;
 pub mod db;
 pub mod dispatch;
 pub mod error;
+pub mod eval;
 pub mod evaluation;
+pub mod git;
 pub mod graph;
 pub mod ingest;
 pub mod logs;
