@@ -1,0 +1,3 @@
+//! Running one step.
+
+pub mod plan;
