@@ -75,6 +75,10 @@ pub enum ServeError {
     /// The greeting was wrong or came too late.
     #[error("nix-store --serve did not greet correctly: {0}")]
     Greeting(String),
+    /// An earlier command failed or was abandoned half-way, so the process cannot be trusted
+    /// to be in step with the protocol.
+    #[error("nix-store --serve failed earlier and cannot take commands")]
+    Unusable,
     /// Writing a request failed.
     #[error("cannot write to nix-store --serve")]
     Write(#[source] io::Error),
@@ -223,9 +227,7 @@ impl ServeProcess {
         F: for<'a> FnOnce(&'a mut BufReader<ChildStdout>) -> AnswerFuture<'a, T>,
     {
         if !self.healthy {
-            return Err(Interrupted::Broken(ServeError::Greeting(
-                "the process already failed".to_owned(),
-            )));
+            return Err(Interrupted::Broken(ServeError::Unusable));
         }
         // Output printed between commands (warnings at start) belongs to no command.
         let mut idle = Vec::new();
@@ -233,13 +235,15 @@ impl ServeProcess {
         if !idle.is_empty() {
             tracing::debug!(output = %String::from_utf8_lossy(&idle), "nix-store --serve printed between commands");
         }
+        // Unhealthy until the answer is read whole: if this future is dropped half-way, the
+        // process is out of step with the protocol and must not take another command.
+        self.healthy = false;
         let written = async {
             self.stdin.write_all(req.as_bytes()).await?;
             self.stdin.flush().await
         }
         .await;
         if let Err(err) = written {
-            self.healthy = false;
             return Err(Interrupted::Broken(ServeError::Write(err)));
         }
 
@@ -250,10 +254,10 @@ impl ServeProcess {
         match outcome {
             Pumped::Answer(Ok(value)) => {
                 self.drain_stderr(sink);
+                self.healthy = true;
                 Ok(value)
             }
             Pumped::Answer(Err(source)) => {
-                self.healthy = false;
                 let detail = self.failure_detail().await;
                 let exit = match self.child.try_wait() {
                     Ok(Some(status)) => describe_exit(status),
@@ -266,7 +270,6 @@ impl ServeProcess {
                 }))
             }
             Pumped::Cancelled => {
-                self.healthy = false;
                 self.stop().await;
                 self.drain_stderr(sink);
                 Err(Interrupted::Cancelled)
