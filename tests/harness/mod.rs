@@ -311,6 +311,25 @@ impl NixStore {
             .collect()
     }
 
+    /// `nix-store --query --references`: the references of one path.
+    pub fn references(&self, path: &str) -> Vec<String> {
+        let out = self
+            .command("nix-store", &["--query", "--references"])
+            .arg(path)
+            .output()
+            .expect("run nix-store");
+        assert!(
+            out.status.success(),
+            "nix-store --query --references failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
     /// `nix copy --to <url>` of `paths`, optionally with a netrc file.
     pub fn copy_to(&self, url: &str, paths: &[String], netrc: Option<&Path>) -> Output {
         let mut cmd = self.command("nix", &["copy"]);

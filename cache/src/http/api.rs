@@ -27,7 +27,6 @@ use futures_util::TryStreamExt;
 use kiln_nix::hash::{Hash, HashAlgo};
 use kiln_nix::narinfo::{ContentAddress, NarInfo};
 use kiln_nix::{StoreDir, StorePath};
-use serde::Serialize;
 
 use super::NIX_MOUNT;
 use super::auth::token_from_headers;
@@ -37,40 +36,10 @@ use crate::index::{self, Committed, Compression, NarFacts};
 use crate::ingest;
 use crate::service::CacheService;
 use crate::tokens::Permission;
-
-/// What `GET /api/v1/caches/{name}` returns.
-#[derive(Debug, Serialize)]
-pub struct CacheView {
-    /// Cache name.
-    pub name: String,
-    /// Whether reading needs no token.
-    pub public: bool,
-    /// `Priority` in `nix-cache-info`.
-    pub priority: u32,
-    /// The key clients add to `trusted-public-keys`.
-    pub public_key: String,
-    /// The substituter URL.
-    pub url: String,
-    /// Lines to add to `nix.conf` to use the cache.
-    pub nix_conf: String,
-}
-
-/// What a successful upload returns.
-#[derive(Debug, Serialize)]
-pub struct UploadView {
-    /// The full store path.
-    pub store_path: String,
-    /// Whether the cache already served the path (nothing was uploaded).
-    pub already_present: bool,
-    /// `sha256:<nix32>` of the NAR.
-    pub nar_hash: String,
-    /// Size of the NAR in bytes.
-    pub nar_size: u64,
-    /// Where the compressed NAR is, relative to the cache URL.
-    pub url: String,
-    /// Size of the compressed NAR in bytes.
-    pub file_size: u64,
-}
+use crate::wire::{
+    CacheView, HEADER_CA, HEADER_DERIVER, HEADER_NAR_HASH, HEADER_NAR_SIZE, HEADER_REFERENCES,
+    HEADER_STORE_PATH, UploadView,
+};
 
 fn base_url(service: &CacheService, headers: &HeaderMap) -> String {
     match &service.settings().public_url {
@@ -171,7 +140,7 @@ struct UploadMeta {
 }
 
 fn read_meta(headers: &HeaderMap) -> Result<UploadMeta, CacheError> {
-    let path = header(headers, "x-kiln-store-path")?
+    let path = header(headers, HEADER_STORE_PATH)?
         .ok_or_else(|| CacheError::BadRequest("header X-Kiln-Store-Path is required".to_owned()))?;
     if !path.starts_with('/') {
         return Err(CacheError::BadRequest(
@@ -179,27 +148,27 @@ fn read_meta(headers: &HeaderMap) -> Result<UploadMeta, CacheError> {
         ));
     }
     let path = parse_path("X-Kiln-Store-Path", path)?;
-    let references = header(headers, "x-kiln-references")?
+    let references = header(headers, HEADER_REFERENCES)?
         .unwrap_or("")
         .split_whitespace()
         .map(|r| parse_path("X-Kiln-References", r))
         .collect::<Result<Vec<_>, _>>()?;
-    let deriver = header(headers, "x-kiln-deriver")?
+    let deriver = header(headers, HEADER_DERIVER)?
         .map(|d| parse_path("X-Kiln-Deriver", d))
         .transpose()?;
-    let ca = header(headers, "x-kiln-ca")?
+    let ca = header(headers, HEADER_CA)?
         .map(|ca| {
             ca.parse::<ContentAddress>()
                 .map_err(|e| CacheError::BadRequest(format!("X-Kiln-CA: {e}")))
         })
         .transpose()?;
-    let expected_hash = header(headers, "x-kiln-nar-hash")?
+    let expected_hash = header(headers, HEADER_NAR_HASH)?
         .map(|h| {
             Hash::parse_as(HashAlgo::Sha256, h)
                 .map_err(|e| CacheError::BadRequest(format!("X-Kiln-Nar-Hash: {e}")))
         })
         .transpose()?;
-    let expected_size = header(headers, "x-kiln-nar-size")?
+    let expected_size = header(headers, HEADER_NAR_SIZE)?
         .map(|s| {
             s.parse::<u64>()
                 .map_err(|e| CacheError::BadRequest(format!("X-Kiln-Nar-Size {s:?}: {e}")))
