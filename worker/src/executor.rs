@@ -201,7 +201,10 @@ async fn create_dir(path: &PathBuf) -> Result<(), WorkerError> {
 /// win: only Kiln's cache as substituter and only its key trusted, negative narinfo lookups
 /// not cached (an input may reach the cache a moment after a first miss), no remote builders,
 /// exactly the configured system features, and a private narinfo disk cache.
-async fn serve_options(config: &WorkerConfig, state: &PathBuf) -> Result<ServeOptions, WorkerError> {
+async fn serve_options(
+    config: &WorkerConfig,
+    state: &PathBuf,
+) -> Result<ServeOptions, WorkerError> {
     let mut options: Vec<(String, String)> = config
         .nix_options
         .iter()
@@ -219,9 +222,16 @@ async fn serve_options(config: &WorkerConfig, state: &PathBuf) -> Result<ServeOp
     if let Some(token) = &config.upload.token {
         let netrc = state.join("netrc");
         let host = netrc_host(&config.cache_url).ok_or_else(|| {
-            WorkerError::Config(format!("cannot find a host in cache URL {:?}", config.cache_url))
+            WorkerError::Config(format!(
+                "cannot find a host in cache URL {:?}",
+                config.cache_url
+            ))
         })?;
-        write_private(&netrc, format!("machine {host}\nlogin kiln\npassword {token}\n")).await?;
+        write_private(
+            &netrc,
+            format!("machine {host}\nlogin kiln\npassword {token}\n"),
+        )
+        .await?;
         options.push(("netrc-file".to_owned(), netrc.display().to_string()));
     }
     let xdg = state.join("xdg-cache");
@@ -275,8 +285,14 @@ mod tests {
 
     #[test]
     fn netrc_names_the_bare_host() {
-        assert_eq!(netrc_host("http://127.0.0.1:8080/cache/main"), Some("127.0.0.1"));
-        assert_eq!(netrc_host("https://u:p@kiln.example/cache/x"), Some("kiln.example"));
+        assert_eq!(
+            netrc_host("http://127.0.0.1:8080/cache/main"),
+            Some("127.0.0.1")
+        );
+        assert_eq!(
+            netrc_host("https://u:p@kiln.example/cache/x"),
+            Some("kiln.example")
+        );
         assert_eq!(netrc_host("http://[::1]:80/cache"), Some("::1"));
         assert_eq!(netrc_host("not a url"), None);
     }

@@ -151,7 +151,11 @@ async fn execute(
                     let mut message = format!(
                         "inputs could not be substituted from {}: {}",
                         shared.config.cache_url,
-                        missing.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" ")
+                        missing
+                            .iter()
+                            .map(|s| s.as_str())
+                            .collect::<Vec<_>>()
+                            .join(" ")
                     );
                     if !said.is_empty() {
                         message.push_str(&format!("; Nix said: {said}"));
@@ -180,7 +184,11 @@ async fn execute(
         .await;
     let (log_text, truncated) = build_log.finish();
     if truncated {
-        tracing::warn!(step = step.step_id, limit = step.max_log_bytes, "build log truncated at the limit");
+        tracing::warn!(
+            step = step.step_id,
+            limit = step.max_log_bytes,
+            "build log truncated at the limit"
+        );
     }
     let result = match built {
         Ok(result) => result,
@@ -330,12 +338,9 @@ mod tests {
         let drv_text = format!(
             "Derive([(\"out\",\"/nix/store/0kh5zbb6nrwcm9ipy9nbs7nbjyjm4ais-b\",\"\",\"\")],[],[],\"{system}\",\"/bin/sh\",[],[])"
         );
-        let drv = kiln_nix::derivation::Derivation::parse(
-            &StoreDir::default(),
-            "b",
-            drv_text.as_bytes(),
-        )
-        .unwrap();
+        let drv =
+            kiln_nix::derivation::Derivation::parse(&StoreDir::default(), "b", drv_text.as_bytes())
+                .unwrap();
         let drv_path: StorePath = "/nix/store/1g48ijxx8m4bwfcy8wr0yhzsfyq39r1d-b.drv"
             .parse()
             .unwrap();
@@ -352,7 +357,10 @@ mod tests {
     #[test]
     fn steps_for_other_systems_or_missing_features_are_handed_back() {
         let c = config(&["x86_64-linux"], &["kvm"]);
-        assert_eq!(routing_problem(&c, &plan_for("x86_64-linux", &["kvm"])), None);
+        assert_eq!(
+            routing_problem(&c, &plan_for("x86_64-linux", &["kvm"])),
+            None
+        );
         assert_eq!(routing_problem(&c, &plan_for("builtin", &[])), None);
         let err = routing_problem(&c, &plan_for("aarch64-linux", &[])).unwrap();
         assert!(err.contains("aarch64-linux"), "{err}");
