@@ -271,7 +271,9 @@ impl ServeProcess {
             }
             Pumped::Cancelled => {
                 self.stop().await;
-                self.drain_stderr(sink);
+                // What Nix prints while stopping ("interrupted by the user") is not the
+                // build's output; it is kept only for diagnostics.
+                self.drain_stderr(&mut Vec::new());
                 Err(Interrupted::Cancelled)
             }
         }
