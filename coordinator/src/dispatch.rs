@@ -430,7 +430,7 @@ impl Dispatcher {
                     self.stale(result);
                     return Ok(());
                 }
-                tracing::info!(step = %id, attempt = result.attempt, worker = %result.worker, status = %status, "step finished");
+                tracing::info!(step = %id, attempt = result.attempt, worker = %result.worker, status = %status, "step result applied");
                 let outcome = if status == Status::Succeeded {
                     self.graph.succeed(id, status, now.millis())
                 } else {

@@ -14,8 +14,8 @@ use anyhow::Context;
 use async_trait::async_trait;
 use clap::Args;
 use kiln_bus::{Bus, MemoryBus, StepRunner, queues_served, serve_steps};
-use kiln_cache::client::CacheClient;
 use kiln_cache::Permission;
+use kiln_cache::client::CacheClient;
 use kiln_config::Config;
 use kiln_coordinator::backends::{MirrorRepositories, NixEvaluator};
 use kiln_coordinator::db::projects;
@@ -202,20 +202,35 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     );
 
     // The operator's (and scripts') handle on the server: stdout, one fact per line.
-    println!("kiln: serving {base} (dashboard and API; data in {})", data.display());
-    println!("kiln: substituter {base}{}/{}", kiln_cache::http::NIX_MOUNT, main.name);
+    println!(
+        "kiln: serving {base} (dashboard and API; data in {})",
+        data.display()
+    );
+    println!(
+        "kiln: substituter {base}{}/{}",
+        kiln_cache::http::NIX_MOUNT,
+        main.name
+    );
     println!("kiln: public key {}", main.public_key());
     tracing::info!(workers = workers.len(), systems = ?systems, features = ?config.worker.features, "farm starting");
 
     let bus: Arc<dyn Bus> = Arc::new(bus.clone());
-    let worker_loops = futures_util::future::join_all(workers.into_iter().map(|(name, executor)| {
-        let queues = queues_served(&systems, &config.worker.features);
-        let runner = Arc::new(LocalWorker {
-            executor,
-            logs: logs.clone(),
-        });
-        run_worker(bus.clone(), queues, config.worker.slots, name, runner, shutdown.clone())
-    }));
+    let worker_loops =
+        futures_util::future::join_all(workers.into_iter().map(|(name, executor)| {
+            let queues = queues_served(&systems, &config.worker.features);
+            let runner = Arc::new(LocalWorker {
+                executor,
+                logs: logs.clone(),
+            });
+            run_worker(
+                bus.clone(),
+                queues,
+                config.worker.slots,
+                name,
+                runner,
+                shutdown.clone(),
+            )
+        }));
     // Everything `kiln up` runs, driven here until `shutdown`: nothing is spawned detached.
     let (served, signalled, (), coordinated, ()) = tokio::join!(
         kiln_web::serve(listener, app, shutdown.clone()),
@@ -255,7 +270,8 @@ async fn run_worker(
     runner: Arc<LocalWorker>,
     shutdown: CancellationToken,
 ) {
-    if let Err(err) = serve_steps(bus, queues, slots, name.clone(), runner, shutdown.clone()).await {
+    if let Err(err) = serve_steps(bus, queues, slots, name.clone(), runner, shutdown.clone()).await
+    {
         tracing::error!(worker = %name, error = %err, "worker stopped");
         shutdown.cancel();
     }
@@ -291,7 +307,9 @@ async fn default_systems() -> anyhow::Result<Vec<String>> {
         .args(["--option", "substituters", ""])
         .output()
         .await
-        .context("cannot run nix-instantiate to learn this machine's system (set worker.systems)")?;
+        .context(
+            "cannot run nix-instantiate to learn this machine's system (set worker.systems)",
+        )?;
     anyhow::ensure!(
         out.status.success(),
         "nix-instantiate failed to report builtins.currentSystem (set worker.systems): {}",
@@ -314,4 +332,3 @@ async fn stop_on_signal(shutdown: CancellationToken) -> anyhow::Result<()> {
     shutdown.cancel();
     Ok(())
 }
-

@@ -299,12 +299,13 @@ impl TestFarm {
             .collect()
     }
 
-    /// Every derivation built so far, from the server's log ("step finished" lines).
+    /// Every step result the coordinator applied so far (one per build of a derivation), from
+    /// the server's log, across restarts.
     pub fn steps_finished(&self) -> Vec<String> {
         self.kiln
             .log()
             .lines()
-            .filter(|l| l.contains("step finished"))
+            .filter(|l| l.contains("step result applied"))
             .map(str::to_owned)
             .collect()
     }
