@@ -26,6 +26,7 @@ const DEADLINE: Duration = Duration::from_secs(600);
 /// Builder of a [`TestFarm`].
 pub struct TestFarmBuilder {
     workers: u32,
+    sandbox_paths: Vec<String>,
     extra_config: String,
     env: Vec<(String, String)>,
 }
@@ -38,14 +39,12 @@ pub struct TestFarm {
     pub repos: tempfile::TempDir,
 }
 
-/// Nix options of the workers: the sandbox, with busybox as `/bin/sh`.
-pub const WORKER_NIX_OPTIONS: &str = "nix_options = { sandbox = \"true\", \"sandbox-paths\" = \"/bin/sh=/bin/busybox /bin/busybox\" }";
-
 impl TestFarm {
     /// A farm with one worker and no jobsets.
     pub fn start() -> TestFarmBuilder {
         TestFarmBuilder {
             workers: 1,
+            sandbox_paths: Vec::new(),
             extra_config: String::new(),
             env: Vec::new(),
         }
@@ -56,6 +55,14 @@ impl TestFarmBuilder {
     /// Runs `n` local workers.
     pub fn with_workers(mut self, n: u32) -> TestFarmBuilder {
         self.workers = n;
+        self
+    }
+
+    /// Exposes `host` to builders at `inside` (a sandbox path), e.g. for a test to change what
+    /// a build finds between two attempts.
+    pub fn with_sandbox_path(mut self, inside: &str, host: &Path) -> TestFarmBuilder {
+        self.sandbox_paths
+            .push(format!("{inside}={}", host.display()));
         self
     }
 
@@ -76,8 +83,11 @@ impl TestFarmBuilder {
     pub fn run(self) -> TestFarm {
         let dir = tempfile::tempdir().expect("temporary directory");
         let config = dir.path().join("kiln.toml");
+        let mut sandbox_paths = vec!["/bin/sh=/bin/busybox".to_owned(), "/bin/busybox".to_owned()];
+        sandbox_paths.extend(self.sandbox_paths);
         let text = format!(
-            "[worker]\n{WORKER_NIX_OPTIONS}\n\n[farm]\nretry_backoff = 1\n\n{}",
+            "[worker]\nnix_options = {{ sandbox = \"true\", \"sandbox-paths\" = \"{}\" }}\n\n[farm]\nretry_backoff = 1\n\n{}",
+            sandbox_paths.join(" "),
             self.extra_config
         );
         std::fs::write(&config, text).expect("write the config file");
