@@ -337,3 +337,26 @@ impl Kiln {
         format!("--- kiln log (tail) ---\n{}", &log[start..])
     }
 }
+
+impl TestFarm {
+    /// Kills `kiln up` with SIGKILL in the middle of whatever it does and starts it again on
+    /// the same data directory and config (on a new port).
+    pub fn crash_and_restart(self) -> TestFarm {
+        TestFarm {
+            kiln: self.kiln.crash_and_restart(),
+            repos: self.repos,
+        }
+    }
+}
+
+/// The `step=<id>` values of the log lines containing `event`.
+pub fn step_ids(log: &str, event: &str) -> Vec<i64> {
+    log.lines()
+        .filter(|l| l.contains(event))
+        .filter_map(|l| {
+            l.split_whitespace()
+                .find_map(|field| field.strip_prefix("step="))
+                .and_then(|id| id.parse().ok())
+        })
+        .collect()
+}
