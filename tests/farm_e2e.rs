@@ -105,6 +105,30 @@ fn the_demo_jobset_builds_and_every_output_substitutes_from_kiln_alone() {
         assert!(answer.text().contains("<html>"), "{page}");
     }
 
+    // The OpenAPI document describes the API the test just used.
+    let openapi = farm.get("/api/v1/openapi.json");
+    for path in [
+        "/api/v1/projects",
+        "/api/v1/projects/{project}/jobsets/{jobset}/evals",
+        "/api/v1/evals/{id}",
+        "/api/v1/builds/{id}",
+        "/api/v1/builds/{id}/log",
+        "/api/v1/builds/{id}/restart",
+        "/api/v1/builds/{id}/cancel",
+        "/api/v1/builds/{id}/bump",
+    ] {
+        assert!(
+            openapi["paths"].get(path).is_some(),
+            "{path} missing from the OpenAPI document"
+        );
+    }
+    let statuses_schema = &openapi["components"]["schemas"]["ApiStatus"]["enum"];
+    assert_eq!(
+        statuses_schema.as_array().unwrap().len(),
+        12,
+        "{statuses_schema}"
+    );
+
     // Every output of every build that produced outputs substitutes into a fresh store.
     let mut paths = Vec::new();
     for build in eval["builds"].as_array().unwrap() {

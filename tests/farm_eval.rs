@@ -100,6 +100,32 @@ fn declared_jobsets_are_polled_for_new_commits() {
     assert_eq!(first["requested_by"], "poll");
     let first = farm.wait_builds(first["id"].as_i64().unwrap());
     assert_eq!(TestFarm::statuses(&first)["job"], "succeeded");
+    // Bad jobsets are refused with the field named, and change nothing.
+    for (body, field) in [
+        (
+            serde_json::json!({"url": "/r", "expression": "a.nix", "flake": true}),
+            "not both",
+        ),
+        (serde_json::json!({"url": "/r"}), "expression"),
+        (
+            serde_json::json!({"url": "/r", "expression": "a.nix", "shares": 0}),
+            "shares",
+        ),
+        (
+            serde_json::json!({"url": "/r", "expression": "a.nix", "colour": "red"}),
+            "colour",
+        ),
+    ] {
+        let (status, answer) = farm.call("PUT", "/api/v1/projects/other/jobsets/bad", Some(&body));
+        assert_eq!(status, 400, "{body}: {answer}");
+        let message = answer["error"]["message"].as_str().unwrap();
+        assert!(message.contains(field), "{body}: {message}");
+    }
+    assert_eq!(
+        farm.call("GET", "/api/v1/projects/other/jobsets/bad", None)
+            .0,
+        404
+    );
     // The API cannot change a jobset of the config file.
     let (status, _) = farm.call(
         "PUT",

@@ -84,6 +84,21 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// Parses a JSON request body; an empty body reads as `{}`. Errors name the field and the
+/// reason (400), in the API's error format.
+pub(crate) fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    let body: &[u8] = if body.iter().all(u8::is_ascii_whitespace) {
+        b"{}"
+    } else {
+        body
+    };
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError(CoordinatorError::BadRequest(format!(
+            "invalid request body: {e}"
+        )))
+    })
+}
+
 /// Parses a path segment as a numeric id.
 pub(crate) fn parse_id(what: &str, raw: &str) -> Result<i64, ApiError> {
     raw.parse::<i64>().ok().filter(|id| *id > 0).ok_or_else(|| {

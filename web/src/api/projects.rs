@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 
 use axum::Json;
+use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use kiln_config::{InputConfig, JobsetConfig};
@@ -76,8 +77,9 @@ pub async fn list_projects(
 pub async fn put_project(
     State(state): State<FarmState>,
     Path(name): Path<String>,
-    Json(body): Json<ProjectRequest>,
+    body: Bytes,
 ) -> Result<Json<ProjectView>, ApiError> {
+    let body: ProjectRequest = super::json_body(&body)?;
     let id = projects::upsert_project(
         &state.db,
         &name,
@@ -136,8 +138,9 @@ pub async fn get_jobset(
 pub async fn put_jobset(
     State(state): State<FarmState>,
     Path((project, name)): Path<(String, String)>,
-    Json(body): Json<JobsetRequest>,
+    body: Bytes,
 ) -> Result<(StatusCode, Json<JobsetView>), ApiError> {
+    let body: JobsetRequest = super::json_body(&body)?;
     let inputs: BTreeMap<String, InputConfig> = match body.inputs {
         serde_json::Value::Null => BTreeMap::new(),
         value => serde_json::from_value(value)
