@@ -203,3 +203,36 @@ fn cancelling_a_running_build_stops_it_and_bumping_is_idempotent() {
     });
     assert_eq!(step["status"], "cancelled");
 }
+
+const UNSUPPORTED: &str = r#"
+{ system ? builtins.currentSystem }:
+let
+  vm = derivation {
+    name = "vm-test";
+    inherit system;
+    builder = "/bin/sh";
+    args = [ "-c" "echo > $out" ];
+    requiredSystemFeatures = [ "kvm" ];
+  };
+in {
+  inherit vm;
+  uses-vm = derivation { name = "uses-vm"; inherit system vm; builder = "/bin/sh"; args = [ "-c" "echo > $out" ]; };
+  elsewhere = derivation { name = "elsewhere"; system = "riscv64-none"; builder = "/bin/sh"; args = [ ]; };
+  here = derivation { name = "here"; inherit system; builder = "/bin/sh"; args = [ "-c" "echo > $out" ]; };
+}
+"#;
+
+#[test]
+fn jobs_no_worker_can_build_end_unsupported() {
+    let farm = TestFarm::start()
+        .with_farm_setting("unsupported_after = 1")
+        .run();
+    let repo = farm.repo("unsupported", &[("release.nix", UNSUPPORTED)]);
+    farm.add_jobset("p", "unsupported", &repo, "release.nix");
+    let eval = farm.wait_builds(farm.evaluate("p", "unsupported"));
+    let statuses = TestFarm::statuses(&eval);
+    assert_eq!(statuses["vm"], "unsupported");
+    assert_eq!(statuses["uses-vm"], "unsupported");
+    assert_eq!(statuses["elsewhere"], "unsupported");
+    assert_eq!(statuses["here"], "succeeded");
+}

@@ -27,6 +27,7 @@ const DEADLINE: Duration = Duration::from_secs(600);
 pub struct TestFarmBuilder {
     workers: u32,
     sandbox_paths: Vec<String>,
+    farm_settings: Vec<String>,
     extra_config: String,
     env: Vec<(String, String)>,
 }
@@ -45,6 +46,7 @@ impl TestFarm {
         TestFarmBuilder {
             workers: 1,
             sandbox_paths: Vec::new(),
+            farm_settings: Vec::new(),
             extra_config: String::new(),
             env: Vec::new(),
         }
@@ -63,6 +65,12 @@ impl TestFarmBuilder {
     pub fn with_sandbox_path(mut self, inside: &str, host: &Path) -> TestFarmBuilder {
         self.sandbox_paths
             .push(format!("{inside}={}", host.display()));
+        self
+    }
+
+    /// Adds a `key = value` line to the config file's `[farm]` table.
+    pub fn with_farm_setting(mut self, line: &str) -> TestFarmBuilder {
+        self.farm_settings.push(line.to_owned());
         self
     }
 
@@ -86,8 +94,9 @@ impl TestFarmBuilder {
         let mut sandbox_paths = vec!["/bin/sh=/bin/busybox".to_owned(), "/bin/busybox".to_owned()];
         sandbox_paths.extend(self.sandbox_paths);
         let text = format!(
-            "[worker]\nnix_options = {{ sandbox = \"true\", \"sandbox-paths\" = \"{}\" }}\n\n[farm]\nretry_backoff = 1\n\n{}",
+            "[worker]\nnix_options = {{ sandbox = \"true\", \"sandbox-paths\" = \"{}\" }}\n\n[farm]\nretry_backoff = 1\n{}\n\n{}",
             sandbox_paths.join(" "),
+            self.farm_settings.join("\n"),
             self.extra_config
         );
         std::fs::write(&config, text).expect("write the config file");
