@@ -14,6 +14,7 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 
 use crate::error::CacheError;
+use crate::gc;
 
 /// How a stored NAR file is compressed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,12 +132,15 @@ fn nar_from_row(row: &AnyRow, prefix: &str) -> Result<NarRecord, CacheError> {
 const NAR_COLUMNS: &str = "id, file_key, compression, file_hash, file_size, nar_hash, nar_size";
 
 /// Records a verified NAR file; returns its row (the existing one if the same key was recorded
-/// before: keys name the file's hash, so the content is the same).
+/// before: keys name the file's hash, so the content is the same). `Conflict` while garbage
+/// collection is deleting the file under that key: the object may vanish, upload it again.
 pub async fn record_nar(
     db: &Db,
     cache: CacheId,
     facts: &NarFacts,
 ) -> Result<NarRecord, CacheError> {
+    let mut tx = db.pool().begin().await.map_err(db_err("recording a NAR"))?;
+    gc::lock::shared(&mut tx, db.dialect(), cache).await?;
     let row = sqlx::query(&format!(
         "INSERT INTO nars (cache_id, file_key, compression, file_hash, file_size, nar_hash, nar_size, created_at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
@@ -151,10 +155,29 @@ pub async fn record_nar(
     .bind(facts.nar_hash.to_typed_nix32())
     .bind(facts.nar_size as i64)
     .bind(Timestamp::now().millis())
-    .fetch_one(db.pool())
+    .fetch_one(&mut *tx)
     .await
     .map_err(db_err("recording a NAR"))?;
-    nar_from_row(&row, "")
+    // Garbage collection claims a key (in this table) only while no `nars` row holds it, under
+    // the exclusive lock; so a claim seen here predates this row and its deletion may still run.
+    let deleting: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM nar_deletions WHERE cache_id = $1 AND file_key = $2",
+    )
+    .bind(cache.get())
+    .bind(&facts.file_key)
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(db_err("recording a NAR"))?;
+    if deleting > 0 {
+        tx.rollback().await.map_err(db_err("recording a NAR"))?;
+        return Err(CacheError::Conflict(format!(
+            "{} is being deleted by garbage collection right now; upload it again in a moment",
+            facts.file_key
+        )));
+    }
+    let record = nar_from_row(&row, "")?;
+    tx.commit().await.map_err(db_err("recording a NAR"))?;
+    Ok(record)
 }
 
 /// The recorded NAR under `file_key` (relative to the cache root).
@@ -282,9 +305,11 @@ pub enum Committed {
     AlreadyPresent(PathId),
 }
 
-/// Makes `narinfo` (already verified against `nar` and signed) visible, atomically with the check
-/// that all its references are served. `Unprocessable` naming the missing references if not;
-/// `Conflict` if the path is served with a different NAR hash.
+/// Makes `narinfo` (already verified against `nar` and signed) visible, atomically with the
+/// checks that its NAR row still exists and that all its references are served, under the
+/// cache's garbage-collection lock (module `gc::lock`). `Unprocessable` naming the missing
+/// references or the deleted NAR if not; `Conflict` if the path is served with a different NAR
+/// hash.
 pub async fn commit_path(
     db: &Db,
     cache: CacheId,
@@ -302,11 +327,14 @@ pub async fn commit_path(
         .begin()
         .await
         .map_err(db_err("committing a path"))?;
+    gc::lock::shared(&mut tx, db.dialect(), cache).await?;
     // The first statement writes, so SQLite takes its write lock now rather than failing to
-    // upgrade a read lock later.
+    // upgrade a read lock later. It inserts nothing if garbage collection deleted the NAR row
+    // since `publish` looked it up.
     let inserted: Option<i64> = sqlx::query_scalar(
         "INSERT INTO paths (cache_id, hash_part, store_path, nar_id, refs, deriver, ca, sigs, created_at, last_accessed_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9) \
+         SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $9 \
+         WHERE EXISTS (SELECT 1 FROM nars WHERE id = $4 AND cache_id = $1) \
          ON CONFLICT (cache_id, hash_part) DO NOTHING RETURNING id",
     )
     .bind(cache.get())
@@ -323,16 +351,23 @@ pub async fn commit_path(
     .map_err(db_err("committing a path"))?;
 
     let Some(path_id) = inserted else {
-        let (id, nar_hash): (i64, String) = sqlx::query_as(
+        let existing: Option<(i64, String)> = sqlx::query_as(
             "SELECT p.id, n.nar_hash FROM paths p JOIN nars n ON n.id = p.nar_id \
              WHERE p.cache_id = $1 AND p.hash_part = $2",
         )
         .bind(cache.get())
         .bind(&hash_part)
-        .fetch_one(&mut *tx)
+        .fetch_optional(&mut *tx)
         .await
         .map_err(db_err("reading an existing path"))?;
         tx.rollback().await.map_err(db_err("committing a path"))?;
+        let Some((id, nar_hash)) = existing else {
+            return Err(CacheError::Unprocessable(format!(
+                "URL {}: the NAR file was deleted by garbage collection before this narinfo \
+                 arrived; upload it again",
+                narinfo.url
+            )));
+        };
         if nar_hash == narinfo.nar_hash.to_typed_nix32() {
             return Ok(Committed::AlreadyPresent(PathId(id)));
         }

@@ -9,6 +9,7 @@
 pub mod access;
 pub mod caches;
 pub mod error;
+pub mod gc;
 pub mod http;
 pub mod index;
 pub mod ingest;

@@ -12,6 +12,7 @@
 //! `true`, `"text"`) and as a plain string otherwise. `KILN_LOG` (the log filter) is the only
 //! `KILN_` variable that is not a configuration key.
 
+mod gc;
 mod size;
 
 use std::collections::BTreeMap;
@@ -21,6 +22,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+pub use gc::{GcConfig, Retention, TimeSpan};
 pub use size::ByteSize;
 
 /// Environment variables with this prefix override configuration keys.
@@ -96,6 +98,9 @@ pub struct CacheConfig {
     /// Where NARs, narinfos and logs are stored. A `[cache.storage]` table must name its `type`.
     #[serde(default)]
     pub storage: StorageConfig,
+    /// Garbage collection: retention, grace period, periodic runs. Default: no path is deleted.
+    #[serde(default)]
+    pub gc: GcConfig,
 }
 
 /// `[cache.storage]`: the blob store backend, chosen by `type`.
@@ -149,6 +154,7 @@ impl Default for CacheConfig {
             default_priority: default_priority(),
             key_name_prefix: None,
             storage: StorageConfig::default(),
+            gc: GcConfig::default(),
         }
     }
 }
@@ -256,6 +262,7 @@ impl Config {
                 "public_url must start with http:// or https://, not {url:?}"
             ));
         }
+        self.cache.gc.validate()?;
         if let Some(prefix) = &self.cache.key_name_prefix
             && (prefix.is_empty() || prefix.contains(':') || prefix.contains(char::is_whitespace))
         {

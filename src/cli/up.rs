@@ -62,10 +62,11 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
         let shutdown = CancellationToken::new();
         let app = kiln_web::router(service.clone());
         // Everything `kiln up` runs, driven here until `shutdown`: nothing is spawned detached.
-        let (served, signalled, ()) = tokio::join!(
+        let (served, signalled, (), ()) = tokio::join!(
             kiln_web::serve(listener, app, shutdown.clone()),
             stop_on_signal(shutdown.clone()),
             service.access_log().run(service.db(), ACCESS_FLUSH_INTERVAL, shutdown.clone()),
+            kiln_cache::gc::run_periodically(&service, &config.cache.gc, shutdown.clone()),
         );
         signalled?;
         served?;

@@ -237,13 +237,18 @@ pub async fn put_nar(
     let limit = service.settings().max_nar_size;
     check_content_length(&headers, limit, "the NAR file")?;
     let file_key = format!("nar/{file}");
-    if index::find_nar(service.db(), cache.id, &file_key)
-        .await?
-        .is_some()
+    let key = cache.layout().key(&file_key)?;
+    // Recorded and still stored: nothing to do. (Recorded but gone — garbage collection deleted
+    // an object written while it was claimed — is repaired by storing it again.)
+    if let Some(nar) = index::find_nar(service.db(), cache.id, &file_key).await?
+        && service
+            .store()
+            .head(&key)
+            .await?
+            .is_some_and(|meta| meta.size == nar.facts.file_size)
     {
         return Ok(StatusCode::OK.into_response());
     }
-    let key = cache.layout().key(&file_key)?;
     let verifier = NarFileVerifier::new(compression, limit, Some(promised))?;
     let verified =
         ingest::receive_nar_file(service.store(), &key, body_stream(body), limit, verifier).await?;

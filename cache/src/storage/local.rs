@@ -8,6 +8,7 @@
 
 use std::io::{self, SeekFrom};
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 use async_trait::async_trait;
 use futures_util::StreamExt;
@@ -16,7 +17,7 @@ use tokio::fs;
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use tokio_util::io::ReaderStream;
 
-use super::{Blob, BlobKey, BlobMeta, BlobStore, ByteRange, ByteStream, StoreError};
+use super::{Blob, BlobKey, BlobMeta, BlobStore, ByteRange, ByteStream, Reaped, StoreError};
 
 /// Size of the chunks objects are read in.
 const READ_CHUNK: usize = 64 * 1024;
@@ -174,6 +175,7 @@ impl BlobStore for LocalStore {
             Ok(meta) if meta.is_file() => Ok(Some(BlobMeta {
                 key: key.clone(),
                 size: meta.len(),
+                modified: meta.modified().ok(),
             })),
             Ok(_) => Ok(None),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
@@ -291,6 +293,7 @@ impl BlobStore for LocalStore {
                         Ok(BlobMeta {
                             key,
                             size: meta.len(),
+                            modified: meta.modified().ok(),
                         }),
                         walk,
                     ));
@@ -299,6 +302,69 @@ impl BlobStore for LocalStore {
         })
         .boxed()
     }
+
+    async fn reap_leftovers(
+        &self,
+        prefix: &BlobKey,
+        older_than: SystemTime,
+        dry_run: bool,
+    ) -> Result<Reaped, StoreError> {
+        let dir = self.path_of(prefix);
+        let result =
+            tokio::task::spawn_blocking(move || reap_temp_files(&dir, older_than, dry_run))
+                .await
+                .map_err(io::Error::other)
+                .and_then(|r| r);
+        result.map_err(io_err(prefix))
+    }
+}
+
+/// Whether `name` is one of the temporary files `put` writes (`.<name>.<hex>.tmp`).
+fn is_temp_file_name(name: &str) -> bool {
+    name.starts_with('.') && name.ends_with(".tmp")
+}
+
+/// Removes (or, with `dry_run`, counts) the temporary files under `dir` last modified before
+/// `older_than`.
+fn reap_temp_files(dir: &Path, older_than: SystemTime, dry_run: bool) -> io::Result<Reaped> {
+    let mut reaped = Reaped::default();
+    let mut pending = vec![dir.to_owned()];
+    while let Some(dir) = pending.pop() {
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        for entry in entries {
+            let entry = entry?;
+            let meta = match entry.metadata() {
+                Ok(meta) => meta,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            if meta.is_dir() {
+                pending.push(entry.path());
+                continue;
+            }
+            let stale = meta.modified().is_ok_and(|m| m < older_than);
+            if stale && is_temp_file_name(&entry.file_name().to_string_lossy()) {
+                if dry_run {
+                    reaped.count += 1;
+                    reaped.bytes += meta.len();
+                    continue;
+                }
+                match std::fs::remove_file(entry.path()) {
+                    Ok(()) => {
+                        reaped.count += 1;
+                        reaped.bytes += meta.len();
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+    }
+    Ok(reaped)
 }
 
 #[cfg(test)]
@@ -349,13 +415,9 @@ mod tests {
         let blob = store.get(&k, None).await.unwrap().unwrap();
         assert_eq!((blob.size, blob.range.clone()), (11, 0..11));
         assert_eq!(read_all(blob).await, b"hello world");
-        assert_eq!(
-            store.head(&k).await.unwrap(),
-            Some(BlobMeta {
-                key: k.clone(),
-                size: 11
-            })
-        );
+        let meta = store.head(&k).await.unwrap().unwrap();
+        assert_eq!((meta.key, meta.size), (k.clone(), 11));
+        assert!(meta.modified.is_some());
         assert_eq!(
             dir_entries(&dir.path().join("main/nar")),
             vec!["abc.nar.zst"]
@@ -510,5 +572,54 @@ mod tests {
         );
         let none: Vec<BlobMeta> = store.list(&key("absent")).try_collect().await.unwrap();
         assert!(none.is_empty());
+    }
+
+    #[tokio::test]
+    async fn reaping_removes_only_old_temporary_files_under_the_prefix() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(dir.path()).await.unwrap();
+        store
+            .put(&key("m/nar/x.nar.zst"), body(vec![Ok(b"kept")]))
+            .await
+            .unwrap();
+        std::fs::write(dir.path().join("m/nar/.x.nar.zst.00ff.tmp"), b"crashed").unwrap();
+        std::fs::create_dir_all(dir.path().join("m/tmp")).unwrap();
+        std::fs::write(dir.path().join("m/tmp/.abc.11ee.tmp"), b"crash").unwrap();
+        std::fs::create_dir_all(dir.path().join("other")).unwrap();
+        std::fs::write(dir.path().join("other/.y.22dd.tmp"), b"elsewhere").unwrap();
+        std::fs::write(dir.path().join("m/.hidden"), b"not a temporary file").unwrap();
+
+        // Nothing is older than a moment in the past.
+        let past = SystemTime::now() - std::time::Duration::from_secs(3600);
+        let none = store.reap_leftovers(&key("m"), past, false).await.unwrap();
+        assert_eq!(none, Reaped::default());
+
+        let future = SystemTime::now() + std::time::Duration::from_secs(3600);
+        let counted = store.reap_leftovers(&key("m"), future, true).await.unwrap();
+        assert_eq!(
+            counted,
+            Reaped {
+                count: 2,
+                bytes: 12
+            }
+        );
+        assert!(
+            dir.path().join("m/nar/.x.nar.zst.00ff.tmp").exists(),
+            "a dry run deleted"
+        );
+        let reaped = store
+            .reap_leftovers(&key("m"), future, false)
+            .await
+            .unwrap();
+        assert_eq!(
+            reaped,
+            Reaped {
+                count: 2,
+                bytes: 12
+            }
+        );
+        assert_eq!(dir_entries(&dir.path().join("m/nar")), vec!["x.nar.zst"]);
+        assert!(dir.path().join("m/.hidden").exists());
+        assert!(dir.path().join("other/.y.22dd.tmp").exists());
     }
 }
