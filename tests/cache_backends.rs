@@ -233,10 +233,18 @@ fn hostile_uploads_leave_nothing_visible(backend: Backend) {
     );
     // A NAR file whose name promises another file hash, and one that is not a NAR.
     let other = nar_of(b"another file");
-    refused(&put(&other.url, Body::Bytes(&nar.compressed)), 400, "FileHash");
+    refused(
+        &put(&other.url, Body::Bytes(&nar.compressed)),
+        400,
+        "FileHash",
+    );
     let garbage = zstd::encode_all(&b"not a NAR"[..], 3).unwrap();
     let garbage_key = format!("nar/{}.nar.zst", Hash::sha256(&garbage).to_nix32());
-    refused(&put(&garbage_key, Body::Bytes(&garbage)), 400, "invalid NAR");
+    refused(
+        &put(&garbage_key, Body::Bytes(&garbage)),
+        400,
+        "invalid NAR",
+    );
     // Over the size limit, streamed without a length.
     let mut state = 0x9e37_79b9_7f4a_7c15u64;
     let noise: Vec<u8> = (0..200_000)
@@ -250,7 +258,11 @@ fn hostile_uploads_leave_nothing_visible(backend: Backend) {
     let big = nar_of(&noise);
     refused(&put(&big.url, Body::Chunked(&big.compressed)), 413, "65536");
     // Keys that try to leave the cache.
-    for key in ["nar/..%2F..%2Fevil.nar", "log/..%2F..%2Fnix-cache-info", "..%2Fx"] {
+    for key in [
+        "nar/..%2F..%2Fevil.nar",
+        "log/..%2F..%2Fnix-cache-info",
+        "..%2Fx",
+    ] {
         let r = put(key, Body::Bytes(&nar.compressed));
         assert!((400..500).contains(&r.status), "PUT {key}: {}", r.status);
     }
@@ -259,7 +271,11 @@ fn hostile_uploads_leave_nothing_visible(backend: Backend) {
     assert_eq!(get(&other.url).status, 404);
     assert_eq!(get(&garbage_key).status, 404);
     assert_eq!(get(&big.url).status, 404);
-    assert_eq!(files(&objects), before, "refused uploads left objects behind");
+    assert_eq!(
+        files(&objects),
+        before,
+        "refused uploads left objects behind"
+    );
     if let Some(s3) = &cache.s3 {
         // Nothing was written outside the cache's folder either.
         let mut bucket: Vec<PathBuf> = files(&s3.bucket_dir()).into_iter().collect();

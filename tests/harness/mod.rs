@@ -352,7 +352,8 @@ impl TestCache {
     /// Starts an S3 server if `backend` needs one, then `kiln up` on it with `env` on top.
     pub fn start(backend: Backend, env: &[(&str, &str)]) -> TestCache {
         let s3 = (backend == Backend::S3).then(S3Server::start);
-        let mut all: Vec<(String, String)> = s3.as_ref().map(S3Server::kiln_env).unwrap_or_default();
+        let mut all: Vec<(String, String)> =
+            s3.as_ref().map(S3Server::kiln_env).unwrap_or_default();
         all.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         let pairs: Vec<(&str, &str)> = all.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         TestCache {
@@ -479,6 +480,28 @@ impl NixStore {
             .args(paths);
         if let Some(netrc) = netrc {
             cmd.arg("--option").arg("netrc-file").arg(netrc);
+        }
+        cmd.output().expect("run nix copy")
+    }
+
+    /// Like [`NixStore::copy_to`], with extra Nix options (`--option NAME VALUE`).
+    pub fn copy_to_with_options(
+        &self,
+        url: &str,
+        paths: &[String],
+        netrc: Option<&Path>,
+        options: &[(&str, &str)],
+    ) -> Output {
+        let mut cmd = self.command("nix", &["copy"]);
+        cmd.args(["--option", "substituters", ""])
+            .arg("--to")
+            .arg(url)
+            .args(paths);
+        if let Some(netrc) = netrc {
+            cmd.arg("--option").arg("netrc-file").arg(netrc);
+        }
+        for (name, value) in options {
+            cmd.args(["--option", name, value]);
         }
         cmd.output().expect("run nix copy")
     }

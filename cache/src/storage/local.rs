@@ -7,6 +7,7 @@
 //! `list` (garbage collection reaps them).
 
 use std::io::{self, SeekFrom};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -60,21 +61,40 @@ struct TempFile {
 }
 
 impl TempFile {
+    /// Creates a fresh temporary file in `dir` and locks it (`flock`) for as long as the
+    /// returned file is open, so that [`LocalStore::reap_leftovers`] never takes the file of a
+    /// live writer.
     async fn create(dir: &Path, name: &str) -> io::Result<(TempFile, fs::File)> {
         loop {
             let mut random = [0u8; 8];
             getrandom::getrandom(&mut random).map_err(io::Error::other)?;
             let path = dir.join(format!(".{name}.{}.tmp", hex::encode(random)));
-            match fs::OpenOptions::new()
+            let file = match fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)
                 .open(&path)
                 .await
             {
-                Ok(file) => return Ok((TempFile { path: Some(path) }, file)),
+                Ok(file) => file,
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
                 Err(e) => return Err(e),
+            };
+            let temp = TempFile { path: Some(path) };
+            rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)?;
+            // A reaper may have removed the file between its creation and the lock: then the
+            // name no longer leads to it, and a new one is made.
+            let ours = file.metadata().await?;
+            let still_ours = match fs::metadata(temp.path()).await {
+                Ok(found) => found.ino() == ours.ino() && found.dev() == ours.dev(),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => false,
+                Err(e) => return Err(e),
+            };
+            if still_ours {
+                return Ok((temp, file));
             }
+            // Whatever has that name now is not ours to remove.
+            let mut temp = temp;
+            temp.path = None;
         }
     }
 
@@ -130,9 +150,10 @@ impl BlobStore for LocalStore {
         }
         file.flush().await.map_err(io_err(key))?;
         file.sync_all().await.map_err(io_err(key))?;
-        drop(file);
         tracing::trace!(key = %key, temp = %temp.path().display(), size, "persisting object");
+        // Still open, so still locked: the reaper cannot take it before the rename.
         temp.persist(&target).await.map_err(io_err(key))?;
+        drop(file);
         sync_dir(dir).await.map_err(io_err(key))?;
         Ok(size)
     }
@@ -325,7 +346,7 @@ fn is_temp_file_name(name: &str) -> bool {
 }
 
 /// Removes (or, with `dry_run`, counts) the temporary files under `dir` last modified before
-/// `older_than`.
+/// `older_than` that no writer holds locked.
 fn reap_temp_files(dir: &Path, older_than: SystemTime, dry_run: bool) -> io::Result<Reaped> {
     let mut reaped = Reaped::default();
     let mut pending = vec![dir.to_owned()];
@@ -347,21 +368,36 @@ fn reap_temp_files(dir: &Path, older_than: SystemTime, dry_run: bool) -> io::Res
                 continue;
             }
             let stale = meta.modified().is_ok_and(|m| m < older_than);
-            if stale && is_temp_file_name(&entry.file_name().to_string_lossy()) {
-                if dry_run {
-                    reaped.count += 1;
-                    reaped.bytes += meta.len();
-                    continue;
-                }
-                match std::fs::remove_file(entry.path()) {
-                    Ok(()) => {
-                        reaped.count += 1;
-                        reaped.bytes += meta.len();
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(e),
-                }
+            if !stale || !is_temp_file_name(&entry.file_name().to_string_lossy()) {
+                continue;
             }
+            // A live writer holds the lock on its file; only abandoned files can be locked.
+            let file = match std::fs::File::open(entry.path()) {
+                Ok(file) => file,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+                Ok(()) => {}
+                Err(rustix::io::Errno::WOULDBLOCK) => continue,
+                Err(e) => return Err(e.into()),
+            }
+            reaped.count += 1;
+            reaped.bytes += meta.len();
+            if dry_run {
+                continue;
+            }
+            // Removed while locked: a writer that created it and has not locked it yet finds
+            // its name gone once it has, and starts over with a new file.
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    reaped.count -= 1;
+                    reaped.bytes -= meta.len();
+                }
+                Err(e) => return Err(e),
+            }
+            drop(file);
         }
     }
     Ok(reaped)
@@ -572,6 +608,33 @@ mod tests {
         );
         let none: Vec<BlobMeta> = store.list(&key("absent")).try_collect().await.unwrap();
         assert!(none.is_empty());
+    }
+
+    #[tokio::test]
+    async fn reaping_spares_the_temporary_file_of_a_live_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(dir.path()).await.unwrap();
+        std::fs::create_dir_all(dir.path().join("m/nar")).unwrap();
+        let (temp, file) = TempFile::create(&dir.path().join("m/nar"), "x.nar")
+            .await
+            .unwrap();
+        let future = SystemTime::now() + std::time::Duration::from_secs(3600);
+        let reaped = store
+            .reap_leftovers(&key("m"), future, false)
+            .await
+            .unwrap();
+        assert_eq!(reaped, Reaped::default());
+        assert!(temp.path().exists());
+        // Once its writer is gone (a crash: the file stays, the lock goes), it is reaped.
+        let path = temp.path().to_owned();
+        std::mem::forget(temp);
+        drop(file);
+        let reaped = store
+            .reap_leftovers(&key("m"), future, false)
+            .await
+            .unwrap();
+        assert_eq!(reaped.count, 1);
+        assert!(!path.exists());
     }
 
     #[tokio::test]
