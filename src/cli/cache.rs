@@ -4,6 +4,7 @@ use clap::Subcommand;
 
 use super::common::{ConfigArgs, admin_runtime, open_service};
 use super::gc;
+use super::push::{self, PushArgs};
 
 /// The `kiln cache` commands.
 #[derive(Debug, Subcommand)]
@@ -35,6 +36,9 @@ pub enum CacheCommand {
     Unpin(gc::UnpinArgs),
     /// List the pinned paths of a cache.
     Pins(gc::PinsArgs),
+    /// Push the closures of store paths to a cache over HTTP (needs a push token), skipping
+    /// what it has, references first.
+    Push(PushArgs),
 }
 
 /// Runs one `kiln cache` command.
@@ -74,6 +78,7 @@ pub fn run(cmd: CacheCommand) -> anyhow::Result<()> {
             CacheCommand::Pin(args) => gc::pin(args).await?,
             CacheCommand::Unpin(args) => gc::unpin(args).await?,
             CacheCommand::Pins(args) => gc::list(args).await?,
+            CacheCommand::Push(args) => push::push(args).await?,
         }
         Ok(())
     })

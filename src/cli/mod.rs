@@ -6,6 +6,7 @@ mod drv;
 mod gc;
 mod key;
 mod nar;
+mod push;
 mod token;
 mod up;
 
