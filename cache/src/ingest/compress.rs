@@ -13,6 +13,16 @@ use crate::error::CacheError;
 /// Compressed output is handed to storage in pieces of about this size.
 const OUT_CHUNK: usize = 1 << 20;
 
+/// Most zstd worker threads one upload uses.
+const MAX_ZSTD_WORKERS: usize = 4;
+
+/// zstd worker threads per upload: one per CPU, up to [`MAX_ZSTD_WORKERS`]. With workers, zstd
+/// compresses on them while the upload's own thread validates and hashes the NAR; compressing on
+/// the upload's thread made ingest less than half as fast as `zstd -T0` (docs/benchmarks.md).
+fn zstd_workers() -> u32 {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(MAX_ZSTD_WORKERS)) as u32
+}
+
 /// Passes compressed bytes on to storage, hashing them.
 struct ChunkSender {
     tx: mpsc::Sender<io::Result<Bytes>>,
@@ -80,6 +90,7 @@ fn run(
         file: Sha256Counter::new(),
     };
     let mut encoder = zstd::stream::write::Encoder::new(sink, level).map_err(internal)?;
+    encoder.multithread(zstd_workers()).map_err(internal)?;
     let mut nar = NarValidator::new();
     while let Some(chunk) = input.blocking_recv() {
         feed_nar(&mut nar, max_nar_size, &chunk)?;
