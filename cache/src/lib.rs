@@ -8,6 +8,7 @@
 
 pub mod access;
 pub mod caches;
+pub mod client;
 pub mod error;
 pub mod http;
 pub mod index;
@@ -16,6 +17,7 @@ pub mod layout;
 pub mod service;
 pub mod storage;
 pub mod tokens;
+pub mod wire;
 
 pub use caches::{CacheRecord, DEFAULT_CACHE};
 pub use error::CacheError;

@@ -27,7 +27,6 @@ use futures_util::TryStreamExt;
 use kiln_nix::hash::{Hash, HashAlgo};
 use kiln_nix::narinfo::{ContentAddress, NarInfo};
 use kiln_nix::{StoreDir, StorePath};
-use serde::Serialize;
 
 use super::NIX_MOUNT;
 use super::auth::token_from_headers;
@@ -37,40 +36,10 @@ use crate::index::{self, Committed, Compression, NarFacts};
 use crate::ingest;
 use crate::service::CacheService;
 use crate::tokens::Permission;
-
-/// What `GET /api/v1/caches/{name}` returns.
-#[derive(Debug, Serialize)]
-pub struct CacheView {
-    /// Cache name.
-    pub name: String,
-    /// Whether reading needs no token.
-    pub public: bool,
-    /// `Priority` in `nix-cache-info`.
-    pub priority: u32,
-    /// The key clients add to `trusted-public-keys`.
-    pub public_key: String,
-    /// The substituter URL.
-    pub url: String,
-    /// Lines to add to `nix.conf` to use the cache.
-    pub nix_conf: String,
-}
-
-/// What a successful upload returns.
-#[derive(Debug, Serialize)]
-pub struct UploadView {
-    /// The full store path.
-    pub store_path: String,
-    /// Whether the cache already served the path (nothing was uploaded).
-    pub already_present: bool,
-    /// `sha256:<nix32>` of the NAR.
-    pub nar_hash: String,
-    /// Size of the NAR in bytes.
-    pub nar_size: u64,
-    /// Where the compressed NAR is, relative to the cache URL.
-    pub url: String,
-    /// Size of the compressed NAR in bytes.
-    pub file_size: u64,
-}
+use crate::wire::{
+    CacheView, HEADER_CA, HEADER_DERIVER, HEADER_NAR_HASH, HEADER_NAR_SIZE, HEADER_REFERENCES,
+    HEADER_STORE_PATH, UploadView,
+};
 
 fn base_url(service: &CacheService, headers: &HeaderMap) -> String {
     match &service.settings().public_url {
@@ -171,7 +140,7 @@ struct UploadMeta {
 }
 
 fn read_meta(headers: &HeaderMap) -> Result<UploadMeta, CacheError> {
-    let path = header(headers, "x-kiln-store-path")?
+    let path = header(headers, HEADER_STORE_PATH)?
         .ok_or_else(|| CacheError::BadRequest("header X-Kiln-Store-Path is required".to_owned()))?;
     if !path.starts_with('/') {
         return Err(CacheError::BadRequest(
@@ -179,27 +148,27 @@ fn read_meta(headers: &HeaderMap) -> Result<UploadMeta, CacheError> {
         ));
     }
     let path = parse_path("X-Kiln-Store-Path", path)?;
-    let references = header(headers, "x-kiln-references")?
+    let references = header(headers, HEADER_REFERENCES)?
         .unwrap_or("")
         .split_whitespace()
         .map(|r| parse_path("X-Kiln-References", r))
         .collect::<Result<Vec<_>, _>>()?;
-    let deriver = header(headers, "x-kiln-deriver")?
+    let deriver = header(headers, HEADER_DERIVER)?
         .map(|d| parse_path("X-Kiln-Deriver", d))
         .transpose()?;
-    let ca = header(headers, "x-kiln-ca")?
+    let ca = header(headers, HEADER_CA)?
         .map(|ca| {
             ca.parse::<ContentAddress>()
                 .map_err(|e| CacheError::BadRequest(format!("X-Kiln-CA: {e}")))
         })
         .transpose()?;
-    let expected_hash = header(headers, "x-kiln-nar-hash")?
+    let expected_hash = header(headers, HEADER_NAR_HASH)?
         .map(|h| {
             Hash::parse_as(HashAlgo::Sha256, h)
                 .map_err(|e| CacheError::BadRequest(format!("X-Kiln-Nar-Hash: {e}")))
         })
         .transpose()?;
-    let expected_size = header(headers, "x-kiln-nar-size")?
+    let expected_size = header(headers, HEADER_NAR_SIZE)?
         .map(|s| {
             s.parse::<u64>()
                 .map_err(|e| CacheError::BadRequest(format!("X-Kiln-Nar-Size {s:?}: {e}")))
@@ -215,7 +184,56 @@ fn read_meta(headers: &HeaderMap) -> Result<UploadMeta, CacheError> {
     })
 }
 
+/// Most of a body read and discarded before answering a request that named no valid token.
+const ANONYMOUS_DRAIN: u64 = 1 << 20;
+
+/// What the upload handler decides, once the caller may push, before reading the body.
+enum Precheck {
+    /// Receive the NAR.
+    Receive(UploadMeta),
+    /// Answer without needing the body (the path is served already).
+    Answer(Response),
+}
+
+async fn precheck(
+    service: &CacheService,
+    cache: &CacheRecord,
+    headers: &HeaderMap,
+) -> Result<Precheck, CacheError> {
+    let meta = read_meta(headers)?;
+    if let Some(existing) = index::find_path(service.db(), cache.id, &meta.path.hash_part()).await?
+    {
+        let narinfo = existing.narinfo;
+        return Ok(Precheck::Answer(
+            (StatusCode::OK, Json(upload_view(&narinfo, true))).into_response(),
+        ));
+    }
+    ingest::check_references(service, cache, &meta.path, meta.references.iter()).await?;
+    Ok(Precheck::Receive(meta))
+}
+
+/// Reads and discards up to `limit` bytes of `body`.
+///
+/// An HTTP/1.1 server that answers before reading the body and then closes the connection
+/// makes the client's kernel see a reset while it is still sending, and the client usually
+/// reports a broken pipe instead of the answer (clients without `Expect: 100-continue`, such as
+/// Kiln's own, cannot avoid it). Reading the rest first lets the answer through.
+async fn drain(body: Body, limit: u64) {
+    let mut stream = body.into_data_stream();
+    let mut seen = 0u64;
+    while seen <= limit {
+        match stream.try_next().await {
+            Ok(Some(chunk)) => seen += chunk.len() as u64,
+            Ok(None) | Err(_) => return,
+        }
+    }
+}
+
 /// `POST /api/v1/caches/{name}/upload`.
+///
+/// Everything that can be decided from the headers is decided before the body is read; the
+/// body is then drained before answering (up to `cache.max_nar_size` for a caller with a valid
+/// token, 1 MiB otherwise), so that the client receives the answer.
 #[tracing::instrument(skip_all, fields(cache = %name))]
 pub async fn upload(
     State(service): State<CacheService>,
@@ -223,25 +241,41 @@ pub async fn upload(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, CacheError> {
-    let cache = caches::get(service.db(), &name).await?;
-    service
-        .authorize(
-            &cache,
-            token_from_headers(&headers)?.as_deref(),
-            Permission::Push,
-        )
-        .await?;
-    let meta = read_meta(&headers)?;
+    let limit = service.settings().max_nar_size;
+    let authorized = async {
+        let cache = caches::get(service.db(), &name).await?;
+        service
+            .authorize(
+                &cache,
+                token_from_headers(&headers)?.as_deref(),
+                Permission::Push,
+            )
+            .await?;
+        Ok(cache)
+    }
+    .await;
+    let cache = match authorized {
+        Ok(cache) => cache,
+        Err(err) => {
+            // A valid token without the permission is a known caller; anyone else gets little.
+            let known = matches!(err, CacheError::Forbidden { .. });
+            drain(body, if known { limit } else { ANONYMOUS_DRAIN }).await;
+            return Err(err);
+        }
+    };
+    let meta = match precheck(&service, &cache, &headers).await {
+        Ok(Precheck::Receive(meta)) => meta,
+        Ok(Precheck::Answer(response)) => {
+            drain(body, limit).await;
+            return Ok(response);
+        }
+        Err(err) => {
+            drain(body, limit).await;
+            return Err(err);
+        }
+    };
     let full_path = StoreDir::default().display(&meta.path);
 
-    if let Some(existing) = index::find_path(service.db(), cache.id, &meta.path.hash_part()).await?
-    {
-        let narinfo = existing.narinfo;
-        return Ok((StatusCode::OK, Json(upload_view(&narinfo, true))).into_response());
-    }
-    ingest::check_references(&service, &cache, &meta.path, meta.references.iter()).await?;
-
-    let limit = service.settings().max_nar_size;
     let layout = cache.layout();
     let staging = layout.staging()?;
     let body = Box::pin(body.into_data_stream().map_err(std::io::Error::other));
