@@ -13,6 +13,7 @@ use kiln_nix::{StoreDir, StorePath};
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
+use crate::caches::CacheRecord;
 use crate::error::CacheError;
 use crate::gc;
 
@@ -222,26 +223,66 @@ pub async fn find_nar(
     row.as_ref().map(|r| nar_from_row(r, "")).transpose()
 }
 
+/// The columns [`path_from_row`] reads, from `paths p JOIN nars n`.
+const PATH_COLUMNS: &str = "p.id, p.store_path, p.refs, p.deriver, p.ca, p.sigs, p.created_at, \
+     n.id AS n_id, n.file_key AS n_file_key, n.compression AS n_compression, \
+     n.file_hash AS n_file_hash, n.file_size AS n_file_size, \
+     n.nar_hash AS n_nar_hash, n.nar_size AS n_nar_size";
+
 /// The path whose hash part is `hash_part`, with its NAR, as its narinfo.
 pub async fn find_path(
     db: &Db,
     cache: CacheId,
     hash_part: &str,
 ) -> Result<Option<PathRecord>, CacheError> {
-    let row = sqlx::query(
-        "SELECT p.id, p.store_path, p.refs, p.deriver, p.ca, p.sigs, p.created_at, \
-                n.id AS n_id, n.file_key AS n_file_key, n.compression AS n_compression, \
-                n.file_hash AS n_file_hash, n.file_size AS n_file_size, \
-                n.nar_hash AS n_nar_hash, n.nar_size AS n_nar_size \
-         FROM paths p JOIN nars n ON n.id = p.nar_id \
-         WHERE p.cache_id = $1 AND p.hash_part = $2",
-    )
+    let row = sqlx::query(&format!(
+        "SELECT {PATH_COLUMNS} FROM paths p JOIN nars n ON n.id = p.nar_id \
+         WHERE p.cache_id = $1 AND p.hash_part = $2"
+    ))
     .bind(cache.get())
     .bind(hash_part)
     .fetch_optional(db.pool())
     .await
     .map_err(db_err("looking up a path"))?;
+    row.as_ref().map(path_from_row).transpose()
+}
+
+/// The cache named `cache_name` and, if it serves it, the path whose hash part is `hash_part`:
+/// what a narinfo GET needs, in one query on a held connection ([`Db::reader`]): round trips to
+/// the database, not the lookup itself, dominated the cost of serving a narinfo. `None` if there
+/// is no such cache.
+pub async fn find_cache_and_path(
+    db: &Db,
+    cache_name: &str,
+    hash_part: &str,
+) -> Result<Option<(CacheRecord, Option<PathRecord>)>, CacheError> {
+    let sql = format!(
+        "SELECT c.id AS c_id, c.name AS c_name, c.is_public AS c_is_public, \
+                c.priority AS c_priority, c.signing_key AS c_signing_key, \
+                c.created_at AS c_created_at, {PATH_COLUMNS} \
+         FROM caches c \
+         LEFT JOIN paths p ON p.cache_id = c.id AND p.hash_part = $2 \
+         LEFT JOIN nars n ON n.id = p.nar_id \
+         WHERE c.name = $1"
+    );
+    let query = sqlx::query(&sql).bind(cache_name).bind(hash_part);
+    let row = match db.reader().await {
+        Some(mut conn) => query.fetch_optional(&mut *conn).await,
+        None => query.fetch_optional(db.pool()).await,
+    }
+    .map_err(db_err("looking up a cache and a path"))?;
     let Some(row) = row else { return Ok(None) };
+    let cache = CacheRecord::from_prefixed_row(&row, "c_")?;
+    let path_id: Option<i64> = row.try_get("id").map_err(db_err("reading a path row"))?;
+    let path = match path_id {
+        Some(_) => Some(path_from_row(&row)?),
+        None => None,
+    };
+    Ok(Some((cache, path)))
+}
+
+/// The path in a row of [`PATH_COLUMNS`].
+fn path_from_row(row: &AnyRow) -> Result<PathRecord, CacheError> {
     let text = |c: &str| {
         row.try_get::<String, _>(c)
             .map_err(db_err("reading a path row"))
@@ -250,7 +291,7 @@ pub async fn find_path(
         row.try_get::<Option<String>, _>(c)
             .map_err(db_err("reading a path row"))
     };
-    let nar = nar_from_row(&row, "n_")?;
+    let nar = nar_from_row(row, "n_")?;
     let store_path =
         StorePath::parse(&text("store_path")?).map_err(|e| corrupt("store path", e))?;
     let mut narinfo = NarInfo::new(
@@ -280,14 +321,14 @@ pub async fn find_path(
         .map(str::parse)
         .collect::<Result<_, _>>()
         .map_err(|e| corrupt("signatures", e))?;
-    Ok(Some(PathRecord {
+    Ok(PathRecord {
         id: PathId(row.try_get("id").map_err(db_err("reading a path row"))?),
         created_at: Timestamp(
             row.try_get("created_at")
                 .map_err(db_err("reading a path row"))?,
         ),
         narinfo,
-    }))
+    })
 }
 
 /// Which of `hash_parts` this cache does not serve.
@@ -574,6 +615,44 @@ mod tests {
                 .unwrap(),
             vec![path("other").hash_part()]
         );
+    }
+
+    #[tokio::test]
+    async fn one_query_finds_the_cache_and_the_path_it_serves() {
+        let (_dir, db, cache) = setup().await;
+        let nar = nar(&db, cache, "served").await;
+        let (served, absent) = (path("served"), path("absent"));
+        let mut narinfo = info(&served, &nar, &[&served]);
+        narinfo.deriver = Some(path("served.drv"));
+        commit_path(&db, cache, nar.id, &narinfo).await.unwrap();
+
+        assert!(
+            find_cache_and_path(&db, "other", &served.hash_part())
+                .await
+                .unwrap()
+                .is_none(),
+            "an unknown cache is not found, whatever the path"
+        );
+        let (record, none) = find_cache_and_path(&db, "main", &absent.hash_part())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((record.id, record.name.as_str()), (cache, "main"));
+        assert!(none.is_none());
+        let (record, found) = find_cache_and_path(&db, "main", &served.hash_part())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(record.public);
+        let found = found.unwrap();
+        let alone = find_path(&db, cache, &served.hash_part())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(found.id, alone.id);
+        assert_eq!(found.narinfo.to_string(), alone.narinfo.to_string());
+        assert_eq!(found.narinfo.deriver, narinfo.deriver);
+        assert_eq!(found.narinfo.references, narinfo.references);
     }
 
     #[tokio::test]

@@ -20,8 +20,11 @@ use tokio_util::io::ReaderStream;
 
 use super::{Blob, BlobKey, BlobMeta, BlobStore, ByteRange, ByteStream, Reaped, StoreError};
 
-/// Size of the chunks objects are read in.
-const READ_CHUNK: usize = 64 * 1024;
+/// Size of the chunks objects are read in. Each chunk is one trip to tokio's blocking pool and
+/// one write to the socket: with 64 KiB chunks that overhead made a NAR download cost 25 times
+/// the CPU of nginx's sendfile (see docs/benchmarks.md); 256 KiB keeps the memory of many
+/// concurrent downloads modest.
+const READ_CHUNK: usize = 256 * 1024;
 
 /// Objects as files under a root directory.
 #[derive(Debug, Clone)]
