@@ -13,6 +13,7 @@
 //! `KILN_` variable that is not a configuration key.
 
 mod farm;
+mod gc;
 mod size;
 
 use std::collections::BTreeMap;
@@ -26,6 +27,7 @@ pub use farm::{
     FarmConfig, GitInputConfig, InputConfig, JobsetConfig, MAX_WORKER_FEATURES, ProjectConfig,
     WorkerConfig, valid_name,
 };
+pub use gc::{GcConfig, Retention, TimeSpan};
 pub use size::ByteSize;
 
 /// Environment variables with this prefix override configuration keys.
@@ -110,6 +112,9 @@ pub struct CacheConfig {
     /// Where NARs, narinfos and logs are stored. A `[cache.storage]` table must name its `type`.
     #[serde(default)]
     pub storage: StorageConfig,
+    /// Garbage collection: retention, grace period, periodic runs. Default: no path is deleted.
+    #[serde(default)]
+    pub gc: GcConfig,
 }
 
 /// `[cache.storage]`: the blob store backend, chosen by `type`.
@@ -163,6 +168,7 @@ impl Default for CacheConfig {
             default_priority: default_priority(),
             key_name_prefix: None,
             storage: StorageConfig::default(),
+            gc: GcConfig::default(),
         }
     }
 }
@@ -273,6 +279,7 @@ impl Config {
                 "public_url must start with http:// or https://, not {url:?}"
             ));
         }
+        self.cache.gc.validate()?;
         if let Some(prefix) = &self.cache.key_name_prefix
             && (prefix.is_empty() || prefix.contains(':') || prefix.contains(char::is_whitespace))
         {

@@ -28,6 +28,12 @@ const VERSIONS: &[Version] = &[
         postgres: include_str!("../../migrations/postgres/0001_cache.sql"),
     },
     Version {
+        version: 2,
+        description: "binary cache garbage collection",
+        sqlite: include_str!("../../migrations/sqlite/0002_gc.sql"),
+        postgres: include_str!("../../migrations/postgres/0002_gc.sql"),
+    },
+    Version {
         version: 3,
         description: "build farm",
         sqlite: include_str!("../../migrations/sqlite/0003_farm.sql"),

@@ -232,12 +232,13 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             )
         }));
     // Everything `kiln up` runs, driven here until `shutdown`: nothing is spawned detached.
-    let (served, signalled, (), coordinated, ()) = tokio::join!(
+    let (served, signalled, (), (), coordinated, ()) = tokio::join!(
         kiln_web::serve(listener, app, shutdown.clone()),
         stop_on_signal(shutdown.clone()),
         service
             .access_log()
             .run(service.db(), ACCESS_FLUSH_INTERVAL, shutdown.clone()),
+        kiln_cache::gc::run_periodically(&service, &config.cache.gc, shutdown.clone()),
         stop_on_error(coordinator.run(shutdown.clone()), shutdown.clone()),
         async {
             worker_loops.await;
