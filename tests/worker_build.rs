@@ -143,11 +143,9 @@ fn an_input_missing_from_the_cache_is_transient_until_it_arrives() {
 #[test]
 fn steps_this_worker_cannot_serve_are_handed_back_as_transient() {
     let farm = Farm::start();
-    let expr = format!(
-        "{{ kvm = derivation {{ name = \"kvm\"; system = builtins.currentSystem; builder = \"/bin/sh\"; \
-         args = [ \"-c\" \"echo > $out\" ]; requiredSystemFeatures = [ \"kvm\" ]; }}; }}"
-    );
-    let kvm_drv = farm.instantiate(&expr, "kvm");
+    let expr = "{ kvm = derivation { name = \"kvm\"; system = builtins.currentSystem; builder = \"/bin/sh\"; \
+         args = [ \"-c\" \"echo > $out\" ]; requiredSystemFeatures = [ \"kvm\" ]; }; }";
+    let kvm_drv = farm.instantiate(expr, "kvm");
     let exec = farm.executor("w");
     let (result, _) = farm.run(&exec, &farm.message(1, &kvm_drv));
     assert_eq!(result.status, StepStatus::Transient);
