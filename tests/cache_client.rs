@@ -258,3 +258,43 @@ fn nars_stream_from_readers_and_logs_are_served() {
     assert_eq!(log.status, 200);
     assert_eq!(log.text(), "building client-reader\n");
 }
+
+#[test]
+fn answers_given_before_the_body_is_read_reach_the_client_of_a_large_nar() {
+    // Far more than socket buffers hold: without draining, the client would see a reset.
+    let kiln = Kiln::start();
+    let work = tempfile::tempdir().unwrap();
+    let tree = work.path().join("large");
+    let content: Vec<u8> = (0..24u64 << 20).map(|i| (i * 7919 % 251) as u8).collect();
+    std::fs::write(&tree, &content).unwrap();
+    let path = store_path("/nix/store/1b2c3d4f5g6h7i8j9k0l1m2n3p4q5r6s-large");
+    let request = UploadRequest::new(path.clone());
+    let push = CacheClient::new(&kiln.base, "main", Some(kiln.token("main", "push"))).unwrap();
+    let read = CacheClient::new(&kiln.base, "main", Some(kiln.token("main", "read"))).unwrap();
+
+    runtime().block_on(async {
+        let mut needs = request.clone();
+        needs.references = vec![store_path(
+            "/nix/store/00000000000000000000000000000000-absent",
+        )];
+        // Whether a reset beats the answer is a race: a server that did not drain the body
+        // fails some of these rounds, not all.
+        for _ in 0..5 {
+            let err = read.upload_path(&request, &tree).await.unwrap_err();
+            assert_eq!(err.status(), Some(403), "{err}");
+            let err = push.upload_path(&needs, &tree).await.unwrap_err();
+            assert_eq!(err.status(), Some(422), "{err}");
+        }
+
+        assert!(
+            !push
+                .upload_path(&request, &tree)
+                .await
+                .unwrap()
+                .already_present
+        );
+        let again = push.upload_path(&request, &tree).await.unwrap();
+        assert!(again.already_present);
+        assert_eq!(again.store_path, path);
+    });
+}

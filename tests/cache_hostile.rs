@@ -202,7 +202,10 @@ fn nar_hash_or_size_mismatch_is_refused_and_invisible() {
     refused(&p.put_narinfo(&info), 422, "FileSize");
     let mut info = narinfo(&path, &nar, &[]);
     info.compression = "xz".to_owned();
-    refused(&p.put_narinfo(&info), 415, "xz");
+    refused(&p.put_narinfo(&info), 422, "Compression");
+    let mut info = narinfo(&path, &nar, &[]);
+    info.compression = "br".to_owned();
+    refused(&p.put_narinfo(&info), 415, "br");
     p.assert_invisible(&path);
 }
 
@@ -321,14 +324,25 @@ fn invalid_nar_files_are_refused_and_not_stored() {
         400,
         "FileHash",
     );
-    // Names that are not <hash>.nar[.zst], and compressions the cache does not take.
+    // Names that are not <hash>.nar[.zst|.xz|.bz2], contents that do not match the name's
+    // compression, and compressions the cache does not take.
     refused(
         &p.put("nar/x.nar.zst", Body::Bytes(&nar.compressed)),
         400,
         "nixbase32",
     );
     let xz = nar.url.replace(".nar.zst", ".nar.xz");
-    refused(&p.put(&xz, Body::Bytes(&nar.compressed)), 415, "xz");
+    refused(
+        &p.put(&xz, Body::Bytes(&nar.compressed)),
+        400,
+        "invalid xz data",
+    );
+    let brotli = nar.url.replace(".nar.zst", ".nar.br");
+    refused(
+        &p.put(&brotli, Body::Bytes(&nar.compressed)),
+        415,
+        ".nar.br",
+    );
     // An encoded body.
     let r = p.kiln.request(
         "PUT",

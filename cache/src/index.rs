@@ -22,6 +22,10 @@ pub enum Compression {
     None,
     /// zstd frames.
     Zstd,
+    /// xz streams (what `nix copy` sends unless told otherwise).
+    Xz,
+    /// One bzip2 stream.
+    Bzip2,
 }
 
 impl Compression {
@@ -30,6 +34,8 @@ impl Compression {
         match self {
             Compression::None => "none",
             Compression::Zstd => "zstd",
+            Compression::Xz => "xz",
+            Compression::Bzip2 => "bzip2",
         }
     }
 
@@ -38,18 +44,37 @@ impl Compression {
         match s {
             "none" => Ok(Compression::None),
             "zstd" => Ok(Compression::Zstd),
+            "xz" => Ok(Compression::Xz),
+            "bzip2" => Ok(Compression::Bzip2),
             other => Err(CacheError::Unsupported(format!(
-                "compression {other:?} is not accepted; this cache takes zstd or none (push with \
-                 `nix copy --to '<cache url>?compression=zstd'`)"
+                "compression {other:?} is not accepted; this cache takes zstd, xz, bzip2 or none \
+                 (e.g. `nix copy --to '<cache url>?compression=zstd'`)"
             ))),
         }
     }
 
-    /// The file-name extension Nix uses: `.nar` or `.nar.zst`.
+    /// The compression of a NAR file named `<hash>.nar<extension>`, from the extension Nix
+    /// gives it (`""`, `".zst"`, `".xz"`, `".bz2"`).
+    pub fn from_extension(ext: &str) -> Result<Compression, CacheError> {
+        match ext {
+            "" => Ok(Compression::None),
+            ".zst" => Ok(Compression::Zstd),
+            ".xz" => Ok(Compression::Xz),
+            ".bz2" => Ok(Compression::Bzip2),
+            other => Err(CacheError::Unsupported(format!(
+                "NAR files ending in .nar{other} are not accepted; this cache takes .nar, \
+                 .nar.zst, .nar.xz and .nar.bz2 (e.g. `nix copy --to '<cache url>?compression=zstd'`)"
+            ))),
+        }
+    }
+
+    /// The file-name extension Nix uses: `.nar`, `.nar.zst`, `.nar.xz` or `.nar.bz2`.
     pub fn extension(self) -> &'static str {
         match self {
             Compression::None => ".nar",
             Compression::Zstd => ".nar.zst",
+            Compression::Xz => ".nar.xz",
+            Compression::Bzip2 => ".nar.bz2",
         }
     }
 }

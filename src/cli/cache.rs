@@ -3,6 +3,7 @@
 use clap::Subcommand;
 
 use super::common::{ConfigArgs, admin_runtime, open_service};
+use super::push::{self, PushArgs};
 
 /// The `kiln cache` commands.
 #[derive(Debug, Subcommand)]
@@ -25,6 +26,9 @@ pub enum CacheCommand {
         #[command(flatten)]
         config: ConfigArgs,
     },
+    /// Push the closures of store paths to a cache over HTTP (needs a push token), skipping
+    /// what it has, references first.
+    Push(PushArgs),
 }
 
 /// Runs one `kiln cache` command.
@@ -60,6 +64,7 @@ pub fn run(cmd: CacheCommand) -> anyhow::Result<()> {
                 }
                 service.db().close().await;
             }
+            CacheCommand::Push(args) => push::push(args).await?,
         }
         Ok(())
     })

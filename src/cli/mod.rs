@@ -5,6 +5,7 @@ mod common;
 mod drv;
 mod key;
 mod nar;
+mod push;
 mod token;
 mod up;
 

@@ -119,6 +119,24 @@ impl Kiln {
         format!("{}/cache/{name}", self.base)
     }
 
+    /// The server's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// The most resident memory the server has used so far (`VmHWM`), in bytes.
+    pub fn peak_memory(&self) -> u64 {
+        let pid = self.pid().expect("kiln up is running");
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().strip_suffix("kB"))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("a VmHWM line in kB");
+        kib * 1024
+    }
+
     /// Everything the server logged so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("kiln.log")).unwrap_or_default()

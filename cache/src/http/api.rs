@@ -184,7 +184,56 @@ fn read_meta(headers: &HeaderMap) -> Result<UploadMeta, CacheError> {
     })
 }
 
+/// Most of a body read and discarded before answering a request that named no valid token.
+const ANONYMOUS_DRAIN: u64 = 1 << 20;
+
+/// What the upload handler decides, once the caller may push, before reading the body.
+enum Precheck {
+    /// Receive the NAR.
+    Receive(UploadMeta),
+    /// Answer without needing the body (the path is served already).
+    Answer(Response),
+}
+
+async fn precheck(
+    service: &CacheService,
+    cache: &CacheRecord,
+    headers: &HeaderMap,
+) -> Result<Precheck, CacheError> {
+    let meta = read_meta(headers)?;
+    if let Some(existing) = index::find_path(service.db(), cache.id, &meta.path.hash_part()).await?
+    {
+        let narinfo = existing.narinfo;
+        return Ok(Precheck::Answer(
+            (StatusCode::OK, Json(upload_view(&narinfo, true))).into_response(),
+        ));
+    }
+    ingest::check_references(service, cache, &meta.path, meta.references.iter()).await?;
+    Ok(Precheck::Receive(meta))
+}
+
+/// Reads and discards up to `limit` bytes of `body`.
+///
+/// An HTTP/1.1 server that answers before reading the body and then closes the connection
+/// makes the client's kernel see a reset while it is still sending, and the client usually
+/// reports a broken pipe instead of the answer (clients without `Expect: 100-continue`, such as
+/// Kiln's own, cannot avoid it). Reading the rest first lets the answer through.
+async fn drain(body: Body, limit: u64) {
+    let mut stream = body.into_data_stream();
+    let mut seen = 0u64;
+    while seen <= limit {
+        match stream.try_next().await {
+            Ok(Some(chunk)) => seen += chunk.len() as u64,
+            Ok(None) | Err(_) => return,
+        }
+    }
+}
+
 /// `POST /api/v1/caches/{name}/upload`.
+///
+/// Everything that can be decided from the headers is decided before the body is read; the
+/// body is then drained before answering (up to `cache.max_nar_size` for a caller with a valid
+/// token, 1 MiB otherwise), so that the client receives the answer.
 #[tracing::instrument(skip_all, fields(cache = %name))]
 pub async fn upload(
     State(service): State<CacheService>,
@@ -192,25 +241,41 @@ pub async fn upload(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, CacheError> {
-    let cache = caches::get(service.db(), &name).await?;
-    service
-        .authorize(
-            &cache,
-            token_from_headers(&headers)?.as_deref(),
-            Permission::Push,
-        )
-        .await?;
-    let meta = read_meta(&headers)?;
+    let limit = service.settings().max_nar_size;
+    let authorized = async {
+        let cache = caches::get(service.db(), &name).await?;
+        service
+            .authorize(
+                &cache,
+                token_from_headers(&headers)?.as_deref(),
+                Permission::Push,
+            )
+            .await?;
+        Ok(cache)
+    }
+    .await;
+    let cache = match authorized {
+        Ok(cache) => cache,
+        Err(err) => {
+            // A valid token without the permission is a known caller; anyone else gets little.
+            let known = matches!(err, CacheError::Forbidden { .. });
+            drain(body, if known { limit } else { ANONYMOUS_DRAIN }).await;
+            return Err(err);
+        }
+    };
+    let meta = match precheck(&service, &cache, &headers).await {
+        Ok(Precheck::Receive(meta)) => meta,
+        Ok(Precheck::Answer(response)) => {
+            drain(body, limit).await;
+            return Ok(response);
+        }
+        Err(err) => {
+            drain(body, limit).await;
+            return Err(err);
+        }
+    };
     let full_path = StoreDir::default().display(&meta.path);
 
-    if let Some(existing) = index::find_path(service.db(), cache.id, &meta.path.hash_part()).await?
-    {
-        let narinfo = existing.narinfo;
-        return Ok((StatusCode::OK, Json(upload_view(&narinfo, true))).into_response());
-    }
-    ingest::check_references(&service, &cache, &meta.path, meta.references.iter()).await?;
-
-    let limit = service.settings().max_nar_size;
     let layout = cache.layout();
     let staging = layout.staging()?;
     let body = Box::pin(body.into_data_stream().map_err(std::io::Error::other));

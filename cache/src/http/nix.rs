@@ -137,21 +137,15 @@ pub async fn put_file(
     }
 }
 
-/// The compression and promised file hash in a NAR file name, `<nix32 sha256>.nar[.zst]`.
+/// The compression and promised file hash in a NAR file name,
+/// `<nix32 sha256>.nar[.zst|.xz|.bz2]`.
 fn parse_nar_name(file: &str) -> Result<(Compression, Hash), CacheError> {
-    let (stem, compression) = if let Some(stem) = file.strip_suffix(".nar.zst") {
-        (stem, Compression::Zstd)
-    } else if let Some(stem) = file.strip_suffix(".nar") {
-        (stem, Compression::None)
-    } else if let Some((_, ext)) = file.split_once(".nar.") {
-        return Err(Compression::parse(ext).err().unwrap_or_else(|| {
-            CacheError::BadRequest(format!("unexpected NAR file name {file:?}"))
-        }));
-    } else {
+    let Some((stem, ext)) = file.split_once(".nar") else {
         return Err(CacheError::BadRequest(format!(
-            "NAR file name {file:?} is not <sha256 of the file in nixbase32>.nar[.zst]"
+            "NAR file name {file:?} is not <sha256 of the file in nixbase32>.nar[.zst|.xz|.bz2]"
         )));
     };
+    let compression = Compression::from_extension(ext)?;
     let hash = Hash::parse_digest(HashAlgo::Sha256, stem)
         .ok()
         .filter(|_| stem.len() == 52)
@@ -326,8 +320,16 @@ mod tests {
             parse_nar_name(&format!("{hash}.nar")).unwrap().0,
             Compression::None
         );
+        assert_eq!(
+            parse_nar_name(&format!("{hash}.nar.xz")).unwrap().0,
+            Compression::Xz
+        );
+        assert_eq!(
+            parse_nar_name(&format!("{hash}.nar.bz2")).unwrap().0,
+            Compression::Bzip2
+        );
         assert!(matches!(
-            parse_nar_name(&format!("{hash}.nar.xz")),
+            parse_nar_name(&format!("{hash}.nar.br")),
             Err(CacheError::Unsupported(_))
         ));
         assert!(matches!(
