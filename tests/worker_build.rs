@@ -141,13 +141,32 @@ fn an_input_missing_from_the_cache_is_transient_until_it_arrives() {
 }
 
 #[test]
+fn a_worker_that_has_built_before_still_substitutes_inputs() {
+    // Nix 2.8's serve loop turns substitution off in a process once it has built anything, so
+    // this fails unless substitution runs in a process that never builds.
+    let farm = Farm::start();
+    let expr = chain();
+    let dep_drv = farm.instantiate(&expr, "dep");
+    let top_drv = farm.instantiate(&expr, "top");
+    let other = farm.instantiate(
+        &format!("{{ other = {}; }}", drv("other", "echo > $out")),
+        "other",
+    );
+    farm.push_sources(&dep_drv);
+    let a = farm.executor("a");
+    farm.run_ok(&a, &farm.message(1, &dep_drv));
+
+    let w = farm.executor("w");
+    farm.run_ok(&w, &farm.message(2, &other));
+    farm.run_ok(&w, &farm.message(3, &top_drv));
+}
+
+#[test]
 fn steps_this_worker_cannot_serve_are_handed_back_as_transient() {
     let farm = Farm::start();
-    let expr = format!(
-        "{{ kvm = derivation {{ name = \"kvm\"; system = builtins.currentSystem; builder = \"/bin/sh\"; \
-         args = [ \"-c\" \"echo > $out\" ]; requiredSystemFeatures = [ \"kvm\" ]; }}; }}"
-    );
-    let kvm_drv = farm.instantiate(&expr, "kvm");
+    let expr = "{ kvm = derivation { name = \"kvm\"; system = builtins.currentSystem; builder = \"/bin/sh\"; \
+         args = [ \"-c\" \"echo > $out\" ]; requiredSystemFeatures = [ \"kvm\" ]; }; }";
+    let kvm_drv = farm.instantiate(expr, "kvm");
     let exec = farm.executor("w");
     let (result, _) = farm.run(&exec, &farm.message(1, &kvm_drv));
     assert_eq!(result.status, StepStatus::Transient);

@@ -118,7 +118,7 @@ fn outputs_beyond_the_size_limit_are_not_uploaded() {
         "{{ big = {}; }}",
         drv(
             "big",
-            "/bin/busybox dd if=/dev/zero of=$out bs=1024 count=64 2>/dev/null"
+            "i=0; while [ $i -lt 2048 ]; do echo 0123456789abcdef0123456789abcde >> $out; i=$((i+1)); done"
         )
     );
     let big_drv = farm.instantiate(&expr, "big");
@@ -126,7 +126,12 @@ fn outputs_beyond_the_size_limit_are_not_uploaded() {
     let mut msg = farm.message(1, &big_drv);
     msg.max_output_bytes = 32 * 1024;
     let (result, _) = farm.run(&exec, &msg);
-    assert_eq!(result.status, StepStatus::OutputLimitExceeded);
+    assert_eq!(
+        result.status,
+        StepStatus::OutputLimitExceeded,
+        "{:?}",
+        result.message
+    );
     assert!(result.message.unwrap().contains("32768"));
     assert!(result.outputs.is_empty());
     let out = msg.outputs["out"].clone();

@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 /// Where results are uploaded: a cache on a Kiln server and a token allowed to push to it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// `Debug` does not show the token.
+#[derive(Clone, PartialEq, Eq)]
 pub struct UploadSettings {
     /// The Kiln server's base URL, e.g. `http://127.0.0.1:8080`.
     pub base_url: String,
@@ -14,6 +15,16 @@ pub struct UploadSettings {
     /// A token with `push` permission on the cache (also used to read a private cache), or
     /// `None` if the server needs none.
     pub token: Option<String>,
+}
+
+impl std::fmt::Debug for UploadSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UploadSettings")
+            .field("base_url", &self.base_url)
+            .field("cache", &self.cache)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 /// A worker's configuration.

@@ -7,7 +7,7 @@
 //! process answers `cmdQueryValidPaths` with substitution as if no substituter existed. The
 //! substituter process never builds, so it keeps substituting.
 
-use std::path::PathBuf;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use kiln_cache::client::CacheClient;
@@ -117,6 +117,33 @@ impl Executor {
     }
 }
 
+impl Executor {
+    /// Waits for the steps in flight to end (cancel them first to hurry), then stops every
+    /// Nix process gracefully. The executor stays usable: a later step starts new processes.
+    pub async fn shutdown(&self) {
+        let slots = u32::try_from(self.shared.config.slots).unwrap_or(u32::MAX);
+        let _all = self
+            .shared
+            .slots
+            .acquire_many(slots)
+            .await
+            .expect("the semaphore is never closed");
+        let idle = std::mem::take(
+            &mut *self
+                .shared
+                .idle
+                .lock()
+                .expect("the slot list is never poisoned"),
+        );
+        for slot in idle {
+            for mut process in [slot.builder, slot.substituter].into_iter().flatten() {
+                process.stop().await;
+            }
+        }
+        tracing::info!(worker = %self.shared.config.name, "worker stopped its Nix processes");
+    }
+}
+
 impl Shared {
     /// Waits for a free slot, or `None` if `cancel` fires first.
     pub async fn acquire(&self, cancel: &CancellationToken) -> Option<Slot<'_>> {
@@ -188,11 +215,11 @@ impl Drop for Slot<'_> {
     }
 }
 
-async fn create_dir(path: &PathBuf) -> Result<(), WorkerError> {
+async fn create_dir(path: &Path) -> Result<(), WorkerError> {
     tokio::fs::create_dir_all(path)
         .await
         .map_err(|source| WorkerError::State {
-            path: path.clone(),
+            path: path.to_path_buf(),
             source,
         })
 }
@@ -201,10 +228,7 @@ async fn create_dir(path: &PathBuf) -> Result<(), WorkerError> {
 /// win: only Kiln's cache as substituter and only its key trusted, negative narinfo lookups
 /// not cached (an input may reach the cache a moment after a first miss), no remote builders,
 /// exactly the configured system features, and a private narinfo disk cache.
-async fn serve_options(
-    config: &WorkerConfig,
-    state: &PathBuf,
-) -> Result<ServeOptions, WorkerError> {
+async fn serve_options(config: &WorkerConfig, state: &Path) -> Result<ServeOptions, WorkerError> {
     let mut options: Vec<(String, String)> = config
         .nix_options
         .iter()
@@ -257,10 +281,10 @@ fn netrc_host(url: &str) -> Option<&str> {
     (!host.is_empty()).then_some(host)
 }
 
-async fn write_private(path: &PathBuf, contents: String) -> Result<(), WorkerError> {
+async fn write_private(path: &Path, contents: String) -> Result<(), WorkerError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let path2 = path.clone();
+    let path2 = path.to_path_buf();
     tokio::task::spawn_blocking(move || {
         let mut file = std::fs::OpenOptions::new()
             .write(true)
@@ -274,7 +298,7 @@ async fn write_private(path: &PathBuf, contents: String) -> Result<(), WorkerErr
     .map_err(|e| std::io::Error::other(e.to_string()))
     .and_then(|r| r)
     .map_err(|source| WorkerError::State {
-        path: path.clone(),
+        path: path.to_path_buf(),
         source,
     })
 }

@@ -18,8 +18,8 @@ impl LogSink for DiscardLog {
     fn line(&self, _step_id: i64, _line: &[u8]) {}
 }
 
-/// The most a log may hold when the step sets no limit (`max_log_bytes` 0), so that a chatty
-/// builder cannot exhaust the worker's memory.
+/// The most a kept log may hold, whatever the step's limit, so that a chatty builder cannot
+/// exhaust the worker's memory.
 pub const UNLIMITED_LOG_CAP: u64 = 256 * 1024 * 1024;
 /// Lines longer than this reach the sink in pieces, so output without newlines still streams.
 pub const MAX_LINE: usize = 64 * 1024;
@@ -35,12 +35,13 @@ pub struct BuildLog<'a> {
 }
 
 impl<'a> BuildLog<'a> {
-    /// A log for step `step_id` keeping at most `max_log_bytes` (0: [`UNLIMITED_LOG_CAP`]).
+    /// A log for step `step_id` keeping at most `max_log_bytes`, and never more than
+    /// [`UNLIMITED_LOG_CAP`] (also the limit when `max_log_bytes` is 0, Nix's "no limit").
     pub fn new(sink: &'a dyn LogSink, step_id: i64, max_log_bytes: u64) -> BuildLog<'a> {
         let limit = if max_log_bytes == 0 {
             UNLIMITED_LOG_CAP
         } else {
-            max_log_bytes
+            max_log_bytes.min(UNLIMITED_LOG_CAP)
         };
         BuildLog {
             sink,

@@ -105,7 +105,8 @@ fn stderr_suffix(stderr: &str) -> String {
 /// A running `nix-store --serve --write` that has been greeted.
 pub struct ServeProcess {
     child: Child,
-    stdin: ChildStdin,
+    /// `None` once the process is being stopped.
+    stdin: Option<ChildStdin>,
     stdout: BufReader<ChildStdout>,
     stderr: pipe::Receiver,
     tail: VecDeque<u8>,
@@ -138,8 +139,7 @@ impl ServeProcess {
         cmd.envs(opts.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
+            .stderr(Stdio::piped());
         let mut child = cmd.spawn().map_err(|source| ServeError::Spawn {
             program: opts.program.display().to_string(),
             source,
@@ -155,7 +155,7 @@ impl ServeProcess {
             .map_err(ServeError::Pipes)?;
         let mut process = ServeProcess {
             child,
-            stdin,
+            stdin: Some(stdin),
             stdout,
             stderr,
             tail: VecDeque::new(),
@@ -177,12 +177,7 @@ impl ServeProcess {
     async fn greet(&mut self) -> Result<(), String> {
         let mut req = Request::new();
         req.int(SERVE_MAGIC_1).int(CLIENT_VERSION);
-        self.stdin
-            .write_all(req.as_bytes())
-            .await
-            .map_err(|e| format!("cannot write the greeting: {e}"))?;
-        self.stdin
-            .flush()
+        self.send(&req)
             .await
             .map_err(|e| format!("cannot write the greeting: {e}"))?;
         let magic = read_int(&mut self.stdout)
@@ -238,12 +233,7 @@ impl ServeProcess {
         // Unhealthy until the answer is read whole: if this future is dropped half-way, the
         // process is out of step with the protocol and must not take another command.
         self.healthy = false;
-        let written = async {
-            self.stdin.write_all(req.as_bytes()).await?;
-            self.stdin.flush().await
-        }
-        .await;
-        if let Err(err) = written {
+        if let Err(err) = self.send(&req).await {
             return Err(Interrupted::Broken(ServeError::Write(err)));
         }
 
@@ -277,6 +267,15 @@ impl ServeProcess {
                 Err(Interrupted::Cancelled)
             }
         }
+    }
+
+    async fn send(&mut self, req: &Request) -> io::Result<()> {
+        let stdin = self
+            .stdin
+            .as_mut()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::BrokenPipe, "the process is stopping"))?;
+        stdin.write_all(req.as_bytes()).await?;
+        stdin.flush().await
     }
 
     /// Reads whatever stderr holds right now, without waiting.
@@ -324,10 +323,11 @@ impl ServeProcess {
         }
     }
 
-    /// Stops the process: SIGTERM makes Nix interrupt the build and kill the builder; SIGKILL
-    /// follows if it has not exited after a grace period.
+    /// Stops the process: closing stdin ends an idle process, SIGTERM makes Nix interrupt a
+    /// build and kill the builder; SIGKILL follows if it has not exited after a grace period.
     pub async fn stop(&mut self) {
         self.healthy = false;
+        self.stdin = None;
         if let Some(pid) = self
             .child
             .id()
@@ -342,6 +342,22 @@ impl ServeProcess {
             tracing::warn!(pid = ?self.child.id(), "nix-store --serve ignored SIGTERM; killing it");
             let _ = self.child.start_kill();
             let _ = self.child.wait().await;
+        }
+    }
+}
+
+impl Drop for ServeProcess {
+    /// A process dropped while it runs gets SIGTERM, so Nix stops a build in flight and cleans
+    /// up after it (SIGKILL would leave that to the kernel); an idle one also exits on its own
+    /// when its stdin closes. Tokio reaps it in the background.
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait()
+            && let Some(pid) = self
+                .child
+                .id()
+                .and_then(|id| rustix::process::Pid::from_raw(id as i32))
+        {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
         }
     }
 }

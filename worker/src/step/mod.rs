@@ -14,6 +14,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use kiln_nix::{StoreDir, StorePath};
 use kiln_proto::{PROTO_VERSION, StepMessage, StepResult, StepStatus};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::config::WorkerConfig;
 use crate::executor::Shared;
@@ -60,7 +61,14 @@ pub(crate) async fn run(
     cancel: &CancellationToken,
 ) -> StepResult {
     let started_at_ms = now_ms();
-    let outcome = execute(shared, step, log, cancel).await;
+    let span = tracing::info_span!(
+        "step",
+        worker = %shared.config.name,
+        step = step.step_id,
+        attempt = step.attempt,
+        drv = %step.drv_path
+    );
+    let outcome = execute(shared, step, log, cancel).instrument(span).await;
     let status = outcome.status.unwrap_or(StepStatus::Succeeded);
     let finished_at_ms = now_ms();
     tracing::info!(

@@ -21,8 +21,11 @@ pub fn step_status(status: NixBuildStatus) -> StepStatus {
     }
 }
 
+/// Longest message kept from Nix, in characters.
+pub const MAX_MESSAGE_CHARS: usize = 4000;
+
 /// Nix's message without terminal escape sequences (Nix colours store paths and numbers even
-/// when nobody reads a terminal), and trimmed.
+/// when nobody reads a terminal), trimmed, and cut to [`MAX_MESSAGE_CHARS`].
 pub fn nix_message(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut chars = text.chars().peekable();
@@ -41,7 +44,11 @@ pub fn nix_message(text: &str) -> String {
             }
         }
     }
-    out.trim().to_owned()
+    let out = out.trim();
+    match out.char_indices().nth(MAX_MESSAGE_CHARS) {
+        Some((cut, _)) => format!("{}…", &out[..cut]),
+        None => out.to_owned(),
+    }
 }
 
 #[cfg(test)]
@@ -57,6 +64,8 @@ mod tests {
         );
         assert_eq!(nix_message("plain"), "plain");
         assert_eq!(nix_message("cut \u{1b}[35"), "cut");
+        let long = "é".repeat(MAX_MESSAGE_CHARS + 10);
+        assert_eq!(nix_message(&long).chars().count(), MAX_MESSAGE_CHARS + 1);
     }
 
     #[test]
