@@ -301,3 +301,28 @@ async fn builds_by_job(
     }
     out
 }
+
+#[tokio::test]
+async fn old_evaluations_are_deleted_only_once_their_builds_finished() {
+    let mut farm = Farm::new(1).await;
+    let one = farm.drv("one", &[]);
+    let (first, _) = farm.evaluate(&[("one", &one)]).await;
+    let (second, _) = farm.evaluate(&[("one", &one)]).await;
+    let (third, _) = farm.evaluate(&[("one", &one)]).await;
+    use kiln_coordinator::db::evals;
+    // Their (shared) build is still queued: nothing is deleted.
+    assert_eq!(evals::prune(&farm.db, farm.jobset, 1).await.unwrap(), 0);
+    let messages = farm.dispatch().await;
+    farm.dispatcher
+        .apply(&result(&messages[0], StepStatus::Succeeded))
+        .await
+        .unwrap();
+    assert_eq!(evals::prune(&farm.db, farm.jobset, 1).await.unwrap(), 2);
+    assert!(evals::get(&farm.db, first).await.is_err());
+    assert!(evals::get(&farm.db, second).await.is_err());
+    assert!(evals::get(&farm.db, third).await.is_ok());
+    // The step stays: steps are shared and outlive evaluations.
+    assert_eq!(farm.step_state(&one).await.0, "succeeded");
+    // 0 keeps everything.
+    assert_eq!(evals::prune(&farm.db, farm.jobset, 0).await.unwrap(), 0);
+}
