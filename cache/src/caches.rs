@@ -1,8 +1,12 @@
 //! Named caches: their settings and signing keys, created on demand and read per request.
 
+use std::collections::HashMap;
+use std::sync::{LazyLock, Mutex};
+
 use kiln_db::{CacheId, Db, Timestamp};
 use kiln_nix::cache_info::CacheInfo;
 use kiln_nix::signing::{PublicKey, SecretKey};
+use sha2::{Digest, Sha256};
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
@@ -47,19 +51,25 @@ impl CacheRecord {
     }
 
     fn from_row(row: &AnyRow) -> Result<CacheRecord, CacheError> {
+        CacheRecord::from_prefixed_row(row, "")
+    }
+
+    /// The cache in `row`, whose columns are named `<prefix><column>` (for joins).
+    pub(crate) fn from_prefixed_row(row: &AnyRow, prefix: &str) -> Result<CacheRecord, CacheError> {
+        let col = |c: &str| format!("{prefix}{c}");
         let name: String = row
-            .try_get("name")
+            .try_get(col("name").as_str())
             .map_err(CacheError::db("reading a cache"))?;
         let key: String = row
-            .try_get("signing_key")
+            .try_get(col("signing_key").as_str())
             .map_err(CacheError::db("reading a cache"))?;
-        let signing_key = key.parse::<SecretKey>().map_err(|e| {
+        let signing_key = parse_signing_key(&key).map_err(|e| {
             CacheError::Internal(format!(
                 "stored signing key of cache {name:?} is invalid: {e}"
             ))
         })?;
-        let get_i64 = |col: &str| {
-            row.try_get::<i64, _>(col)
+        let get_i64 = |c: &str| {
+            row.try_get::<i64, _>(col(c).as_str())
                 .map_err(CacheError::db("reading a cache"))
         };
         Ok(CacheRecord {
@@ -71,6 +81,29 @@ impl CacheRecord {
             name,
         })
     }
+}
+
+/// Most parsed keys [`parse_signing_key`] keeps; past that it starts over.
+const PARSED_KEYS_MAX: usize = 256;
+
+/// Signing keys already parsed, by the SHA-256 of their stored text (so the map does not hold the
+/// secret text itself). Every request loads its cache's row, and parsing a key derives its
+/// public half, an elliptic-curve multiplication that would otherwise dominate a narinfo GET.
+static PARSED_KEYS: LazyLock<Mutex<HashMap<[u8; 32], SecretKey>>> = LazyLock::new(Mutex::default);
+
+/// The key `text` holds, parsed once per distinct text.
+fn parse_signing_key(text: &str) -> Result<SecretKey, kiln_nix::signing::SigningError> {
+    let digest: [u8; 32] = Sha256::digest(text.as_bytes()).into();
+    if let Some(key) = PARSED_KEYS.lock().expect("parsed keys lock").get(&digest) {
+        return Ok(key.clone());
+    }
+    let key = text.parse::<SecretKey>()?;
+    let mut parsed = PARSED_KEYS.lock().expect("parsed keys lock");
+    if parsed.len() >= PARSED_KEYS_MAX {
+        parsed.clear();
+    }
+    parsed.insert(digest, key.clone());
+    Ok(key)
 }
 
 const COLUMNS: &str = "id, name, is_public, priority, signing_key, created_at";
@@ -196,4 +229,26 @@ async fn write_cache_info(store: &dyn BlobStore, record: &CacheRecord) -> Result
         .put(&record.layout().cache_info(), Box::pin(body))
         .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reparsed_signing_keys_are_the_stored_keys_and_bad_text_stays_an_error() {
+        let first = SecretKey::generate("test-a-1").unwrap();
+        let second = SecretKey::generate("test-b-1").unwrap();
+        for _ in 0..2 {
+            for key in [&first, &second] {
+                let text = key.to_secret_string();
+                let parsed = parse_signing_key(&text).unwrap();
+                assert_eq!(parsed.to_secret_string(), text);
+                assert_eq!(parsed.public(), key.public());
+            }
+        }
+        let mut broken = first.to_secret_string();
+        broken.truncate(broken.len() - 4);
+        assert!(parse_signing_key(&broken).is_err());
+    }
 }

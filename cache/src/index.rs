@@ -13,7 +13,9 @@ use kiln_nix::{StoreDir, StorePath};
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
+use crate::caches::CacheRecord;
 use crate::error::CacheError;
+use crate::gc;
 
 /// How a stored NAR file is compressed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -156,12 +158,15 @@ fn nar_from_row(row: &AnyRow, prefix: &str) -> Result<NarRecord, CacheError> {
 const NAR_COLUMNS: &str = "id, file_key, compression, file_hash, file_size, nar_hash, nar_size";
 
 /// Records a verified NAR file; returns its row (the existing one if the same key was recorded
-/// before: keys name the file's hash, so the content is the same).
+/// before: keys name the file's hash, so the content is the same). `Conflict` while garbage
+/// collection is deleting the file under that key: the object may vanish, upload it again.
 pub async fn record_nar(
     db: &Db,
     cache: CacheId,
     facts: &NarFacts,
 ) -> Result<NarRecord, CacheError> {
+    let mut tx = db.pool().begin().await.map_err(db_err("recording a NAR"))?;
+    gc::lock::shared(&mut tx, db.dialect(), cache).await?;
     let row = sqlx::query(&format!(
         "INSERT INTO nars (cache_id, file_key, compression, file_hash, file_size, nar_hash, nar_size, created_at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
@@ -176,10 +181,29 @@ pub async fn record_nar(
     .bind(facts.nar_hash.to_typed_nix32())
     .bind(facts.nar_size as i64)
     .bind(Timestamp::now().millis())
-    .fetch_one(db.pool())
+    .fetch_one(&mut *tx)
     .await
     .map_err(db_err("recording a NAR"))?;
-    nar_from_row(&row, "")
+    // Garbage collection claims a key (in this table) only while no `nars` row holds it, under
+    // the exclusive lock; so a claim seen here predates this row and its deletion may still run.
+    let deleting: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM nar_deletions WHERE cache_id = $1 AND file_key = $2",
+    )
+    .bind(cache.get())
+    .bind(&facts.file_key)
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(db_err("recording a NAR"))?;
+    if deleting > 0 {
+        tx.rollback().await.map_err(db_err("recording a NAR"))?;
+        return Err(CacheError::Conflict(format!(
+            "{} is being deleted by garbage collection right now; upload it again in a moment",
+            facts.file_key
+        )));
+    }
+    let record = nar_from_row(&row, "")?;
+    tx.commit().await.map_err(db_err("recording a NAR"))?;
+    Ok(record)
 }
 
 /// The recorded NAR under `file_key` (relative to the cache root).
@@ -199,26 +223,66 @@ pub async fn find_nar(
     row.as_ref().map(|r| nar_from_row(r, "")).transpose()
 }
 
+/// The columns [`path_from_row`] reads, from `paths p JOIN nars n`.
+const PATH_COLUMNS: &str = "p.id, p.store_path, p.refs, p.deriver, p.ca, p.sigs, p.created_at, \
+     n.id AS n_id, n.file_key AS n_file_key, n.compression AS n_compression, \
+     n.file_hash AS n_file_hash, n.file_size AS n_file_size, \
+     n.nar_hash AS n_nar_hash, n.nar_size AS n_nar_size";
+
 /// The path whose hash part is `hash_part`, with its NAR, as its narinfo.
 pub async fn find_path(
     db: &Db,
     cache: CacheId,
     hash_part: &str,
 ) -> Result<Option<PathRecord>, CacheError> {
-    let row = sqlx::query(
-        "SELECT p.id, p.store_path, p.refs, p.deriver, p.ca, p.sigs, p.created_at, \
-                n.id AS n_id, n.file_key AS n_file_key, n.compression AS n_compression, \
-                n.file_hash AS n_file_hash, n.file_size AS n_file_size, \
-                n.nar_hash AS n_nar_hash, n.nar_size AS n_nar_size \
-         FROM paths p JOIN nars n ON n.id = p.nar_id \
-         WHERE p.cache_id = $1 AND p.hash_part = $2",
-    )
+    let row = sqlx::query(&format!(
+        "SELECT {PATH_COLUMNS} FROM paths p JOIN nars n ON n.id = p.nar_id \
+         WHERE p.cache_id = $1 AND p.hash_part = $2"
+    ))
     .bind(cache.get())
     .bind(hash_part)
     .fetch_optional(db.pool())
     .await
     .map_err(db_err("looking up a path"))?;
+    row.as_ref().map(path_from_row).transpose()
+}
+
+/// The cache named `cache_name` and, if it serves it, the path whose hash part is `hash_part`:
+/// what a narinfo GET needs, in one query on a held connection ([`Db::reader`]): round trips to
+/// the database, not the lookup itself, dominated the cost of serving a narinfo. `None` if there
+/// is no such cache.
+pub async fn find_cache_and_path(
+    db: &Db,
+    cache_name: &str,
+    hash_part: &str,
+) -> Result<Option<(CacheRecord, Option<PathRecord>)>, CacheError> {
+    let sql = format!(
+        "SELECT c.id AS c_id, c.name AS c_name, c.is_public AS c_is_public, \
+                c.priority AS c_priority, c.signing_key AS c_signing_key, \
+                c.created_at AS c_created_at, {PATH_COLUMNS} \
+         FROM caches c \
+         LEFT JOIN paths p ON p.cache_id = c.id AND p.hash_part = $2 \
+         LEFT JOIN nars n ON n.id = p.nar_id \
+         WHERE c.name = $1"
+    );
+    let query = sqlx::query(&sql).bind(cache_name).bind(hash_part);
+    let row = match db.reader().await {
+        Some(mut conn) => query.fetch_optional(&mut *conn).await,
+        None => query.fetch_optional(db.pool()).await,
+    }
+    .map_err(db_err("looking up a cache and a path"))?;
     let Some(row) = row else { return Ok(None) };
+    let cache = CacheRecord::from_prefixed_row(&row, "c_")?;
+    let path_id: Option<i64> = row.try_get("id").map_err(db_err("reading a path row"))?;
+    let path = match path_id {
+        Some(_) => Some(path_from_row(&row)?),
+        None => None,
+    };
+    Ok(Some((cache, path)))
+}
+
+/// The path in a row of [`PATH_COLUMNS`].
+fn path_from_row(row: &AnyRow) -> Result<PathRecord, CacheError> {
     let text = |c: &str| {
         row.try_get::<String, _>(c)
             .map_err(db_err("reading a path row"))
@@ -227,7 +291,7 @@ pub async fn find_path(
         row.try_get::<Option<String>, _>(c)
             .map_err(db_err("reading a path row"))
     };
-    let nar = nar_from_row(&row, "n_")?;
+    let nar = nar_from_row(row, "n_")?;
     let store_path =
         StorePath::parse(&text("store_path")?).map_err(|e| corrupt("store path", e))?;
     let mut narinfo = NarInfo::new(
@@ -257,14 +321,14 @@ pub async fn find_path(
         .map(str::parse)
         .collect::<Result<_, _>>()
         .map_err(|e| corrupt("signatures", e))?;
-    Ok(Some(PathRecord {
+    Ok(PathRecord {
         id: PathId(row.try_get("id").map_err(db_err("reading a path row"))?),
         created_at: Timestamp(
             row.try_get("created_at")
                 .map_err(db_err("reading a path row"))?,
         ),
         narinfo,
-    }))
+    })
 }
 
 /// Which of `hash_parts` this cache does not serve.
@@ -307,9 +371,11 @@ pub enum Committed {
     AlreadyPresent(PathId),
 }
 
-/// Makes `narinfo` (already verified against `nar` and signed) visible, atomically with the check
-/// that all its references are served. `Unprocessable` naming the missing references if not;
-/// `Conflict` if the path is served with a different NAR hash.
+/// Makes `narinfo` (already verified against `nar` and signed) visible, atomically with the
+/// checks that its NAR row still exists and that all its references are served, under the
+/// cache's garbage-collection lock (module `gc::lock`). `Unprocessable` naming the missing
+/// references or the deleted NAR if not; `Conflict` if the path is served with a different NAR
+/// hash.
 pub async fn commit_path(
     db: &Db,
     cache: CacheId,
@@ -327,11 +393,14 @@ pub async fn commit_path(
         .begin()
         .await
         .map_err(db_err("committing a path"))?;
+    gc::lock::shared(&mut tx, db.dialect(), cache).await?;
     // The first statement writes, so SQLite takes its write lock now rather than failing to
-    // upgrade a read lock later.
+    // upgrade a read lock later. It inserts nothing if garbage collection deleted the NAR row
+    // since `publish` looked it up.
     let inserted: Option<i64> = sqlx::query_scalar(
         "INSERT INTO paths (cache_id, hash_part, store_path, nar_id, refs, deriver, ca, sigs, created_at, last_accessed_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9) \
+         SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $9 \
+         WHERE EXISTS (SELECT 1 FROM nars WHERE id = $4 AND cache_id = $1) \
          ON CONFLICT (cache_id, hash_part) DO NOTHING RETURNING id",
     )
     .bind(cache.get())
@@ -348,16 +417,23 @@ pub async fn commit_path(
     .map_err(db_err("committing a path"))?;
 
     let Some(path_id) = inserted else {
-        let (id, nar_hash): (i64, String) = sqlx::query_as(
+        let existing: Option<(i64, String)> = sqlx::query_as(
             "SELECT p.id, n.nar_hash FROM paths p JOIN nars n ON n.id = p.nar_id \
              WHERE p.cache_id = $1 AND p.hash_part = $2",
         )
         .bind(cache.get())
         .bind(&hash_part)
-        .fetch_one(&mut *tx)
+        .fetch_optional(&mut *tx)
         .await
         .map_err(db_err("reading an existing path"))?;
         tx.rollback().await.map_err(db_err("committing a path"))?;
+        let Some((id, nar_hash)) = existing else {
+            return Err(CacheError::Unprocessable(format!(
+                "URL {}: the NAR file was deleted by garbage collection before this narinfo \
+                 arrived; upload it again",
+                narinfo.url
+            )));
+        };
         if nar_hash == narinfo.nar_hash.to_typed_nix32() {
             return Ok(Committed::AlreadyPresent(PathId(id)));
         }
@@ -539,6 +615,44 @@ mod tests {
                 .unwrap(),
             vec![path("other").hash_part()]
         );
+    }
+
+    #[tokio::test]
+    async fn one_query_finds_the_cache_and_the_path_it_serves() {
+        let (_dir, db, cache) = setup().await;
+        let nar = nar(&db, cache, "served").await;
+        let (served, absent) = (path("served"), path("absent"));
+        let mut narinfo = info(&served, &nar, &[&served]);
+        narinfo.deriver = Some(path("served.drv"));
+        commit_path(&db, cache, nar.id, &narinfo).await.unwrap();
+
+        assert!(
+            find_cache_and_path(&db, "other", &served.hash_part())
+                .await
+                .unwrap()
+                .is_none(),
+            "an unknown cache is not found, whatever the path"
+        );
+        let (record, none) = find_cache_and_path(&db, "main", &absent.hash_part())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((record.id, record.name.as_str()), (cache, "main"));
+        assert!(none.is_none());
+        let (record, found) = find_cache_and_path(&db, "main", &served.hash_part())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(record.public);
+        let found = found.unwrap();
+        let alone = find_path(&db, cache, &served.hash_part())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(found.id, alone.id);
+        assert_eq!(found.narinfo.to_string(), alone.narinfo.to_string());
+        assert_eq!(found.narinfo.deriver, narinfo.deriver);
+        assert_eq!(found.narinfo.references, narinfo.references);
     }
 
     #[tokio::test]

@@ -10,6 +10,7 @@ pub mod access;
 pub mod caches;
 pub mod client;
 pub mod error;
+pub mod gc;
 pub mod http;
 pub mod index;
 pub mod ingest;

@@ -125,6 +125,23 @@ pub async fn create_token(
     })
 }
 
+/// Revokes the tokens whose description is exactly `description`, then creates a new one with
+/// `scopes`: for a process's own internal token (e.g. `kiln up`'s workers pushing to its
+/// cache), which is made anew at every start and never leaves the process.
+pub async fn replace_internal(
+    db: &Db,
+    description: &str,
+    scopes: &[(CacheId, Permission)],
+) -> Result<NewToken, CacheError> {
+    sqlx::query("UPDATE tokens SET revoked_at = $2 WHERE description = $1 AND revoked_at IS NULL")
+        .bind(description)
+        .bind(Timestamp::now().millis())
+        .execute(db.pool())
+        .await
+        .map_err(CacheError::db("revoking an internal token"))?;
+    create_token(db, description, scopes).await
+}
+
 /// What `token` may do on `cache`: `Err(InvalidToken)` if the token is unknown or revoked,
 /// `Ok(None)` if it grants nothing there.
 pub async fn permission_on(

@@ -12,6 +12,8 @@
 //! `true`, `"text"`) and as a plain string otherwise. `KILN_LOG` (the log filter) is the only
 //! `KILN_` variable that is not a configuration key.
 
+mod farm;
+mod gc;
 mod size;
 
 use std::collections::BTreeMap;
@@ -21,6 +23,11 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+pub use farm::{
+    FarmConfig, GitInputConfig, InputConfig, JobsetConfig, MAX_WORKER_FEATURES, ProjectConfig,
+    WorkerConfig, valid_name,
+};
+pub use gc::{GcConfig, Retention, TimeSpan};
 pub use size::ByteSize;
 
 /// Environment variables with this prefix override configuration keys.
@@ -68,6 +75,15 @@ pub struct Config {
     /// The binary cache.
     #[serde(default)]
     pub cache: CacheConfig,
+    /// The local build workers.
+    #[serde(default)]
+    pub worker: WorkerConfig,
+    /// Evaluation and scheduling.
+    #[serde(default)]
+    pub farm: FarmConfig,
+    /// Projects and their jobsets declared in the file (`[[project]]`, `[[project.jobset]]`).
+    #[serde(default)]
+    pub project: Vec<ProjectConfig>,
 }
 
 /// `[cache]`: the binary cache's limits and storage.
@@ -96,6 +112,9 @@ pub struct CacheConfig {
     /// Where NARs, narinfos and logs are stored. A `[cache.storage]` table must name its `type`.
     #[serde(default)]
     pub storage: StorageConfig,
+    /// Garbage collection: retention, grace period, periodic runs. Default: no path is deleted.
+    #[serde(default)]
+    pub gc: GcConfig,
 }
 
 /// `[cache.storage]`: the blob store backend, chosen by `type`.
@@ -149,6 +168,7 @@ impl Default for CacheConfig {
             default_priority: default_priority(),
             key_name_prefix: None,
             storage: StorageConfig::default(),
+            gc: GcConfig::default(),
         }
     }
 }
@@ -161,6 +181,9 @@ impl Default for Config {
             public_url: None,
             database_url: None,
             cache: CacheConfig::default(),
+            worker: WorkerConfig::default(),
+            farm: FarmConfig::default(),
+            project: Vec::new(),
         }
     }
 }
@@ -256,6 +279,7 @@ impl Config {
                 "public_url must start with http:// or https://, not {url:?}"
             ));
         }
+        self.cache.gc.validate()?;
         if let Some(prefix) = &self.cache.key_name_prefix
             && (prefix.is_empty() || prefix.contains(':') || prefix.contains(char::is_whitespace))
         {
@@ -263,7 +287,7 @@ impl Config {
                 "cache.key_name_prefix {prefix:?} must be non-empty, without ':' or spaces"
             ));
         }
-        Ok(())
+        farm::validate(&self.worker, &self.farm, &self.project)
     }
 
     /// The database URL, defaulting to SQLite inside the data directory.
@@ -465,6 +489,126 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("invalid config file"), "{err}");
+    }
+
+    #[test]
+    fn the_issue_example_configuration_loads() {
+        let file = write(
+            r#"
+            listen = "127.0.0.1:8080"
+            data_dir = "/var/lib/kiln"
+            [worker]
+            count = 2
+            features = []
+            nix_options = { sandbox = "true", "sandbox-paths" = "/bin/sh=/bin/busybox /bin/busybox" }
+            [[project]]
+            name = "demo"
+            [[project.jobset]]
+            name = "main"
+            url = "file:///srv/repo"
+            branch = "main"
+            expression = "release.nix"
+            check_interval = 60
+            "#,
+        );
+        let config = Config::load_from(Some(file.path()), env(&[])).unwrap();
+        assert_eq!(config.worker.count, 2);
+        assert_eq!(
+            config.worker.nix_options["sandbox-paths"],
+            "/bin/sh=/bin/busybox /bin/busybox"
+        );
+        let jobset = &config.project[0].jobset[0];
+        assert_eq!(config.project[0].name, "demo");
+        assert_eq!(jobset.expression.as_deref(), Some("release.nix"));
+        assert_eq!(jobset.check_interval, 60);
+        assert_eq!(
+            (jobset.shares, jobset.keep_evaluations, jobset.enabled),
+            (100, 10, true)
+        );
+        assert!(!jobset.flake);
+    }
+
+    #[test]
+    fn farm_defaults_are_documented_values() {
+        let config = Config::default();
+        assert_eq!(config.worker.count, 1);
+        assert_eq!(config.worker.slots, 1);
+        assert_eq!(config.worker.systems, None);
+        assert_eq!(config.worker.nix_options["sandbox"], "true");
+        assert_eq!(config.farm.max_retries, 3);
+        assert_eq!(config.farm.unsupported_after, 60);
+        assert!(config.project.is_empty());
+    }
+
+    #[test]
+    fn jobset_inputs_are_strings_booleans_or_git_repositories() {
+        let file = write(
+            r#"
+            [[project]]
+            name = "p"
+            [[project.jobset]]
+            name = "j"
+            url = "/srv/repo"
+            expression = "release.nix"
+            inputs = { label = "nightly", fast = true, lib = { type = "git", url = "/srv/lib" } }
+            "#,
+        );
+        let config = Config::load_from(Some(file.path()), env(&[])).unwrap();
+        let inputs = &config.project[0].jobset[0].inputs;
+        assert_eq!(inputs["label"], InputConfig::String("nightly".into()));
+        assert_eq!(inputs["fast"], InputConfig::Bool(true));
+        match &inputs["lib"] {
+            InputConfig::Git(git) => assert_eq!(
+                (git.url.as_str(), git.branch.as_str()),
+                ("/srv/lib", "main")
+            ),
+            other => panic!("expected a git input, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn bad_jobsets_are_refused_naming_the_field() {
+        let cases = [
+            ("name = \"j\"\nurl = \"/r\"\n", "expression"),
+            (
+                "name = \"j\"\nurl = \"/r\"\nexpression = \"a.nix\"\nflake = true\n",
+                "not both",
+            ),
+            (
+                "name = \"j/k\"\nurl = \"/r\"\nexpression = \"a.nix\"\n",
+                "jobset[0].name",
+            ),
+            (
+                "name = \"j\"\nurl = \"/r\"\nexpression = \"a.nix\"\nshares = 0\n",
+                "shares",
+            ),
+            (
+                "name = \"j\"\nurl = \"/r\"\nexpression = \"a.nix\"\ninputs = { x = { type = \"hg\", url = \"/x\" } }\n",
+                "inputs.x.type",
+            ),
+            (
+                "name = \"j\"\nurl = \"/r\"\nexpression = \"a.nix\"\ncheck_intervall = 3\n",
+                "check_intervall",
+            ),
+        ];
+        for (jobset, expected) in cases {
+            let file = write(&format!(
+                "[[project]]\nname = \"p\"\n[[project.jobset]]\n{jobset}"
+            ));
+            let err = Config::load_from(Some(file.path()), env(&[]))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(expected), "{jobset}: {err}");
+        }
+        let file = write("[[project]]\nname = \"p\"\n[[project]]\nname = \"p\"\n");
+        let err = Config::load_from(Some(file.path()), env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("declared twice"), "{err}");
+        let err = Config::load_from(None, env(&[("KILN_WORKER__SLOTS", "0")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("worker.slots"), "{err}");
     }
 
     #[test]

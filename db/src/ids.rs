@@ -39,3 +39,23 @@ id_type!(
     /// A row of `tokens`.
     TokenId
 );
+id_type!(
+    /// A row of `projects`.
+    ProjectId
+);
+id_type!(
+    /// A row of `jobsets`.
+    JobsetId
+);
+id_type!(
+    /// A row of `evaluations`.
+    EvaluationId
+);
+id_type!(
+    /// A row of `builds`: one job of one evaluation.
+    BuildId
+);
+id_type!(
+    /// A row of `steps`: one derivation to build, shared by every build that needs it.
+    StepId
+);

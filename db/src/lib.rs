@@ -14,7 +14,9 @@ mod migrate;
 mod pool;
 mod time;
 
-pub use ids::{CacheId, NarId, PathId, TokenId};
+pub use ids::{
+    BuildId, CacheId, EvaluationId, JobsetId, NarId, PathId, ProjectId, StepId, TokenId,
+};
 pub use pool::{Db, DbError, Dialect};
 pub use time::Timestamp;
 

@@ -20,12 +20,26 @@ struct Version {
 }
 
 /// Every migration, oldest first. Append only: applied migrations are checksummed.
-const VERSIONS: &[Version] = &[Version {
-    version: 1,
-    description: "binary cache index",
-    sqlite: include_str!("../../migrations/sqlite/0001_cache.sql"),
-    postgres: include_str!("../../migrations/postgres/0001_cache.sql"),
-}];
+const VERSIONS: &[Version] = &[
+    Version {
+        version: 1,
+        description: "binary cache index",
+        sqlite: include_str!("../../migrations/sqlite/0001_cache.sql"),
+        postgres: include_str!("../../migrations/postgres/0001_cache.sql"),
+    },
+    Version {
+        version: 2,
+        description: "binary cache garbage collection",
+        sqlite: include_str!("../../migrations/sqlite/0002_gc.sql"),
+        postgres: include_str!("../../migrations/postgres/0002_gc.sql"),
+    },
+    Version {
+        version: 3,
+        description: "build farm",
+        sqlite: include_str!("../../migrations/sqlite/0003_farm.sql"),
+        postgres: include_str!("../../migrations/postgres/0003_farm.sql"),
+    },
+];
 
 /// The embedded migrations of one dialect, as a sqlx migration source.
 #[derive(Debug)]

@@ -1,11 +1,13 @@
 //! The connection pool, with its backend chosen from the URL at run time.
 
 use std::str::FromStr;
-use std::sync::Once;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Once};
 
-use sqlx::AnyPool;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::{AnyConnection, AnyPool, ConnectOptions};
 use thiserror::Error;
+use tokio::sync::{Mutex, MutexGuard};
 
 use crate::migrate;
 
@@ -68,11 +70,18 @@ impl DbError {
     }
 }
 
+/// How many connections a SQLite [`Db`] holds outside its pool for [`Db::reader`].
+const SQLITE_READERS: usize = 4;
+
 /// A pool of connections to Kiln's database. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Db {
     pool: AnyPool,
     dialect: Dialect,
+    /// Connections held for hot reads (SQLite only; empty for PostgreSQL).
+    readers: Arc<[Mutex<AnyConnection>]>,
+    /// Where [`Db::reader`] starts looking for a free reader.
+    next_reader: Arc<AtomicUsize>,
 }
 
 impl Db {
@@ -102,7 +111,11 @@ impl Db {
                 Dialect::Sqlite => 8,
                 Dialect::Postgres => 16,
             })
-            .connect_with(options)
+            // Pinging before every acquire detects dropped network connections; a SQLite
+            // connection cannot drop, and the ping is a round trip to its worker thread that
+            // doubled the cost of a narinfo GET.
+            .test_before_acquire(dialect != Dialect::Sqlite)
+            .connect_with(options.clone())
             .await
             .map_err(connect_err)?;
         if dialect == Dialect::Sqlite {
@@ -112,7 +125,42 @@ impl Db {
                 .await
                 .map_err(connect_err)?;
         }
-        Ok(Db { pool, dialect })
+        let mut readers = Vec::new();
+        if dialect == Dialect::Sqlite {
+            for _ in 0..SQLITE_READERS {
+                let conn = options.connect().await.map_err(connect_err)?;
+                readers.push(Mutex::new(conn));
+            }
+        }
+        Ok(Db {
+            pool,
+            dialect,
+            readers: readers.into(),
+            next_reader: Arc::default(),
+        })
+    }
+
+    /// A connection held outside the pool, for a read on a hot path (one statement at a time;
+    /// do not start a transaction on it). `None` means there are none (PostgreSQL): use
+    /// [`Db::pool`].
+    ///
+    /// Every query through sqlx's pool costs two round trips to the connection's SQLite worker
+    /// thread more than the query itself: the pool pings a connection whenever it is returned.
+    /// On a narinfo GET those round trips cost more than the lookup. A held connection is never
+    /// returned, so it is never pinged; statements run in autocommit mode, each seeing the latest
+    /// commit, as through the pool.
+    pub async fn reader(&self) -> Option<MutexGuard<'_, AnyConnection>> {
+        if self.readers.is_empty() {
+            return None;
+        }
+        let start = self.next_reader.fetch_add(1, Ordering::Relaxed);
+        let n = self.readers.len();
+        for i in 0..n {
+            if let Ok(conn) = self.readers[(start + i) % n].try_lock() {
+                return Some(conn);
+            }
+        }
+        Some(self.readers[start % n].lock().await)
     }
 
     /// Applies the migrations of this database's dialect that are not applied yet.
@@ -165,6 +213,42 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(tables, 1);
+    }
+
+    #[tokio::test]
+    async fn held_readers_see_every_commit_made_through_the_pool() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("kiln.sqlite").display());
+        let db = Db::connect(&url).await.unwrap();
+        sqlx::query("CREATE TABLE t (v INTEGER NOT NULL)")
+            .execute(db.pool())
+            .await
+            .unwrap();
+        let count = || async {
+            let mut conn = db.reader().await.expect("SQLite has readers");
+            sqlx::query_scalar::<_, i64>("SELECT count(*) FROM t")
+                .fetch_one(&mut *conn)
+                .await
+                .unwrap()
+        };
+        for expected in 1..=(2 * SQLITE_READERS as i64) {
+            sqlx::query("INSERT INTO t (v) VALUES (1)")
+                .execute(db.pool())
+                .await
+                .unwrap();
+            assert_eq!(count().await, expected, "a reader saw an old snapshot");
+        }
+        // All readers busy: the next one waits for a reader to be released.
+        let mut held = Vec::new();
+        for _ in 0..SQLITE_READERS {
+            held.push(db.reader().await.unwrap());
+        }
+        let waiting = tokio::spawn({
+            let db = db.clone();
+            async move { db.reader().await.is_some() }
+        });
+        held.clear();
+        assert!(waiting.await.unwrap());
     }
 
     #[tokio::test]

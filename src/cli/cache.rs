@@ -3,6 +3,7 @@
 use clap::Subcommand;
 
 use super::common::{ConfigArgs, admin_runtime, open_service};
+use super::gc;
 use super::push::{self, PushArgs};
 
 /// The `kiln cache` commands.
@@ -26,6 +27,15 @@ pub enum CacheCommand {
         #[command(flatten)]
         config: ConfigArgs,
     },
+    /// Delete the paths retention no longer keeps (never one a kept path refers to), unused NAR
+    /// files and upload leftovers; prints what was deleted.
+    Gc(gc::GcArgs),
+    /// Keep store paths, and their closures, whatever the retention.
+    Pin(gc::PinArgs),
+    /// Remove pins; the paths stay until a collection finds them expired.
+    Unpin(gc::UnpinArgs),
+    /// List the pinned paths of a cache.
+    Pins(gc::PinsArgs),
     /// Push the closures of store paths to a cache over HTTP (needs a push token), skipping
     /// what it has, references first.
     Push(PushArgs),
@@ -64,6 +74,10 @@ pub fn run(cmd: CacheCommand) -> anyhow::Result<()> {
                 }
                 service.db().close().await;
             }
+            CacheCommand::Gc(args) => gc::collect(args).await?,
+            CacheCommand::Pin(args) => gc::pin(args).await?,
+            CacheCommand::Unpin(args) => gc::unpin(args).await?,
+            CacheCommand::Pins(args) => gc::list(args).await?,
             CacheCommand::Push(args) => push::push(args).await?,
         }
         Ok(())

@@ -3,6 +3,7 @@
 mod cache;
 mod common;
 mod drv;
+mod gc;
 mod key;
 mod nar;
 mod push;

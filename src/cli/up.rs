@@ -1,10 +1,34 @@
-//! `kiln up`: every role in one process. Today that is the binary cache behind the web tier.
+//! `kiln up`: every role in one process: the coordinator, the web tier with the binary cache,
+//! and N local workers, over SQLite and the in-process bus, all state under one data directory.
+//!
+//! Layout of the data directory: `kiln.sqlite` (the database), `cache/` (the cache's objects),
+//! `git/` (bare mirrors of jobset repositories), `eval-store/` (the chroot Nix store evaluations
+//! write derivations to), `checkouts/` (one tree per running evaluation), `logs/` (live logs of
+//! running steps), `workers/<n>/` (each worker's own chroot Nix store).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
+use async_trait::async_trait;
 use clap::Args;
+use kiln_bus::{Bus, MemoryBus, StepRunner, queues_served, serve_steps};
+use kiln_cache::Permission;
+use kiln_cache::client::CacheClient;
+use kiln_config::Config;
+use kiln_coordinator::backends::{MirrorRepositories, NixEvaluator};
+use kiln_coordinator::db::projects;
+use kiln_coordinator::eval::NixSettings;
+use kiln_coordinator::git::GitMirror;
+use kiln_coordinator::ingest::StoreFiles;
+use kiln_coordinator::logs::{FileLogs, LogStore};
+use kiln_coordinator::sources::StoreUploader;
+use kiln_coordinator::workers::StaticPool;
+use kiln_coordinator::{Coordinator, DispatchSettings, EvalContext, Parts};
+use kiln_db::StepId;
+use kiln_proto::{StepMessage, StepResult};
+use kiln_worker::{Executor, LogSink, UploadSettings, WorkerConfig};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
@@ -14,6 +38,9 @@ use super::common::{ConfigArgs, open_service};
 /// How often reads of cached paths are written to the index.
 const ACCESS_FLUSH_INTERVAL: Duration = Duration::from_secs(30);
 
+/// Description of the token `kiln up` makes at each start for its own uploads.
+const INTERNAL_TOKEN: &str = "kiln up: internal push token (replaced at every start)";
+
 /// Arguments of `kiln up`.
 #[derive(Debug, Args)]
 pub struct UpArgs {
@@ -22,56 +49,276 @@ pub struct UpArgs {
     /// Address to listen on; overrides `listen` (port 0 picks a free port).
     #[arg(long, value_name = "ADDR")]
     listen: Option<SocketAddr>,
-    /// Number of local build workers. Only 0 is supported until the build farm arrives.
-    #[arg(long, default_value_t = 0)]
-    workers: u32,
+    /// Number of local build workers; overrides `worker.count`.
+    #[arg(long, value_name = "N")]
+    workers: Option<u32>,
 }
 
-/// Runs the server until SIGINT or SIGTERM, then drains in-flight requests.
+/// Runs the farm until SIGINT or SIGTERM, then stops: running builds are handed back (they run
+/// again at the next start), in-flight requests are drained.
 pub fn run(args: UpArgs) -> anyhow::Result<()> {
-    if args.workers != 0 {
-        bail!(
-            "--workers {}: local build workers are not available yet; run with --workers 0",
-            args.workers
-        );
-    }
     let mut config = args.config.load()?;
     if let Some(listen) = args.listen {
         config.listen = listen;
     }
+    if let Some(workers) = args.workers {
+        config.worker.count = workers;
+    }
+    config
+        .validate()
+        .map_err(|message| anyhow::anyhow!("invalid configuration: {message}"))?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(async move {
-        let service = open_service(&config).await?;
-        let (main, created) = service.ensure_default_cache().await?;
-        if created {
-            tracing::info!(cache = %main.name, key = %main.public_key(), "created the default cache");
-        }
-        let listener =
-            TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
-        let addr = listener.local_addr()?;
-        let base = config.public_url.clone().unwrap_or_else(|| format!("http://{addr}"));
-        let base = base.trim_end_matches('/');
-        // The operator's (and scripts') handle on the server: stdout, one fact per line.
-        println!("kiln: serving {base} (data in {})", config.data_dir.display());
-        println!("kiln: substituter {base}{}/{}", kiln_cache::http::NIX_MOUNT, main.name);
-        println!("kiln: public key {}", main.public_key());
+    runtime.block_on(serve(config))
+}
 
-        let shutdown = CancellationToken::new();
-        let app = kiln_web::router(service.clone());
-        // Everything `kiln up` runs, driven here until `shutdown`: nothing is spawned detached.
-        let (served, signalled, ()) = tokio::join!(
-            kiln_web::serve(listener, app, shutdown.clone()),
-            stop_on_signal(shutdown.clone()),
-            service.access_log().run(service.db(), ACCESS_FLUSH_INTERVAL, shutdown.clone()),
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let service = open_service(&config).await?;
+    let (main, created) = service.ensure_default_cache().await?;
+    if created {
+        tracing::info!(cache = %main.name, key = %main.public_key(), "created the default cache");
+    }
+    projects::sync_declared(service.db(), &config.project)
+        .await
+        .context("cannot save the projects of the config file")?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let addr = listener.local_addr()?;
+    let base = config
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{addr}"));
+    let base = base.trim_end_matches('/').to_owned();
+    // Workers and the coordinator reach this process directly, whatever the public URL.
+    let local_ip = match addr.ip() {
+        ip if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        ip => ip,
+    };
+    let internal = format!("http://{}", SocketAddr::new(local_ip, addr.port()));
+    let token = kiln_cache::tokens::replace_internal(
+        service.db(),
+        INTERNAL_TOKEN,
+        &[(main.id, Permission::Push)],
+    )
+    .await?
+    .secret;
+
+    let data = config.data_dir.clone();
+    let bus = MemoryBus::new();
+    let logs: Arc<dyn LogStore> = Arc::new(FileLogs::new(data.join("logs"))?);
+    let systems = match &config.worker.systems {
+        Some(systems) => systems.clone(),
+        None => default_systems().await?,
+    };
+    let pool = Arc::new(StaticPool::new());
+    let shutdown = CancellationToken::new();
+
+    let mut workers = Vec::new();
+    for n in 0..config.worker.count {
+        let name = format!("local-{n}");
+        let mut worker = WorkerConfig::new(
+            name.clone(),
+            data.join("workers").join(n.to_string()),
+            format!("{internal}{}/{}", kiln_cache::http::NIX_MOUNT, main.name),
+            main.public_key().to_string(),
+            UploadSettings {
+                base_url: internal.clone(),
+                cache: main.name.clone(),
+                token: Some(token.clone()),
+            },
         );
-        signalled?;
-        served?;
-        service.db().close().await;
-        Ok(())
-    })
+        worker.systems = systems.clone();
+        worker.features = config.worker.features.clone();
+        worker.nix_options = config.worker.nix_options.clone();
+        worker.slots = config.worker.slots as usize;
+        let executor = Executor::start(worker)
+            .await
+            .with_context(|| format!("cannot start worker {name}"))?;
+        pool.add(&systems, &config.worker.features, config.worker.slots);
+        workers.push((name, executor));
+    }
+
+    let eval_store = data.join("eval-store");
+    let store_files = StoreFiles {
+        root: Some(eval_store.clone()),
+    };
+    let coordinator = Coordinator::new(
+        Parts {
+            db: service.db().clone(),
+            bus: Arc::new(bus.clone()),
+            pool: pool.clone(),
+            logs: logs.clone(),
+            settings: DispatchSettings {
+                max_retries: config.farm.max_retries,
+                retry_backoff_secs: config.farm.retry_backoff,
+                unsupported_after: Duration::from_secs(config.farm.unsupported_after),
+                dispatch_window: config.farm.dispatch_window,
+                db_poll: Duration::from_secs(config.farm.db_poll_interval),
+                max_log_bytes: config.worker.max_log_size.bytes(),
+                max_output_bytes: config.worker.max_output_size.bytes(),
+                // The in-process bus loses its messages with the process.
+                requeue_running_at_start: true,
+            },
+        },
+        |events| EvalContext {
+            db: service.db().clone(),
+            cache: main.id,
+            repos: Arc::new(MirrorRepositories::new(GitMirror::new(data.join("git")))),
+            evaluator: Arc::new(NixEvaluator {
+                nix: NixSettings {
+                    store: Some(eval_store.clone()),
+                    options: Vec::new(),
+                    gc_roots_dir: None,
+                    bin_dir: None,
+                },
+                max_processes: config.farm.eval_processes as usize,
+                max_memory: config.farm.eval_max_memory.bytes(),
+            }),
+            drvs: Arc::new(store_files.clone()),
+            uploader: Arc::new(StoreUploader {
+                store: store_files,
+                db: service.db().clone(),
+                cache: main.id,
+                client: CacheClient::new(&internal, &main.name, Some(token.clone()))
+                    .expect("the internal URL and the default cache name are valid"),
+            }),
+            work_dir: data.join("checkouts"),
+            max_concurrent: config.farm.max_concurrent_evals as usize,
+            events,
+        },
+    );
+    let app = kiln_web::router(
+        service.clone(),
+        kiln_web::FarmState {
+            db: service.db().clone(),
+            cache: service.clone(),
+            cache_name: main.name.clone(),
+            logs: logs.clone(),
+            signals: Some(coordinator.signals()),
+        },
+    );
+
+    // The operator's (and scripts') handle on the server: stdout, one fact per line.
+    println!(
+        "kiln: serving {base} (dashboard and API; data in {})",
+        data.display()
+    );
+    println!(
+        "kiln: substituter {base}{}/{}",
+        kiln_cache::http::NIX_MOUNT,
+        main.name
+    );
+    println!("kiln: public key {}", main.public_key());
+    tracing::info!(workers = workers.len(), systems = ?systems, features = ?config.worker.features, "farm starting");
+
+    let bus: Arc<dyn Bus> = Arc::new(bus.clone());
+    let worker_loops =
+        futures_util::future::join_all(workers.into_iter().map(|(name, executor)| {
+            let queues = queues_served(&systems, &config.worker.features);
+            let runner = Arc::new(LocalWorker {
+                executor,
+                logs: logs.clone(),
+            });
+            run_worker(
+                bus.clone(),
+                queues,
+                config.worker.slots,
+                name,
+                runner,
+                shutdown.clone(),
+            )
+        }));
+    // Everything `kiln up` runs, driven here until `shutdown`: nothing is spawned detached.
+    let (served, signalled, (), (), coordinated, ()) = tokio::join!(
+        kiln_web::serve(listener, app, shutdown.clone()),
+        stop_on_signal(shutdown.clone()),
+        service
+            .access_log()
+            .run(service.db(), ACCESS_FLUSH_INTERVAL, shutdown.clone()),
+        kiln_cache::gc::run_periodically(&service, &config.cache.gc, shutdown.clone()),
+        stop_on_error(coordinator.run(shutdown.clone()), shutdown.clone()),
+        async {
+            worker_loops.await;
+        },
+    );
+    signalled?;
+    served?;
+    coordinated.context("the coordinator stopped")?;
+    service.db().close().await;
+    Ok(())
+}
+
+/// Runs `work`; if it fails, cancels `shutdown` so the whole process stops with its error.
+async fn stop_on_error<E>(
+    work: impl std::future::Future<Output = Result<(), E>>,
+    shutdown: CancellationToken,
+) -> Result<(), E> {
+    let result = work.await;
+    if result.is_err() {
+        shutdown.cancel();
+    }
+    result
+}
+
+async fn run_worker(
+    bus: Arc<dyn Bus>,
+    queues: Vec<kiln_bus::QueueName>,
+    slots: u32,
+    name: String,
+    runner: Arc<LocalWorker>,
+    shutdown: CancellationToken,
+) {
+    if let Err(err) = serve_steps(bus, queues, slots, name.clone(), runner, shutdown.clone()).await
+    {
+        tracing::error!(worker = %name, error = %err, "worker stopped");
+        shutdown.cancel();
+    }
+}
+
+/// A worker of this process: the executor, with live log lines going to the log store.
+struct LocalWorker {
+    executor: Executor,
+    logs: Arc<dyn LogStore>,
+}
+
+struct LiveLog(Arc<dyn LogStore>);
+
+impl LogSink for LiveLog {
+    fn line(&self, step_id: i64, line: &[u8]) {
+        self.0.append(StepId(step_id), line);
+    }
+}
+
+#[async_trait]
+impl StepRunner for LocalWorker {
+    async fn run(&self, step: &StepMessage, cancel: CancellationToken) -> StepResult {
+        self.executor
+            .run(step, &LiveLog(self.logs.clone()), cancel)
+            .await
+    }
+}
+
+/// `builtins.currentSystem` as `nix` reports it, plus Nix's built-in builders.
+async fn default_systems() -> anyhow::Result<Vec<String>> {
+    let out = tokio::process::Command::new("nix-instantiate")
+        .args(["--eval", "--json", "-E", "builtins.currentSystem"])
+        .args(["--option", "substituters", ""])
+        .output()
+        .await
+        .context(
+            "cannot run nix-instantiate to learn this machine's system (set worker.systems)",
+        )?;
+    anyhow::ensure!(
+        out.status.success(),
+        "nix-instantiate failed to report builtins.currentSystem (set worker.systems): {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    let system: String = serde_json::from_slice(&out.stdout)
+        .context("nix-instantiate printed something other than a system name")?;
+    Ok(vec![system, "builtin".to_owned()])
 }
 
 /// Cancels `shutdown` on SIGINT or SIGTERM; returns when it is cancelled either way.

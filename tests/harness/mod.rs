@@ -13,11 +13,15 @@ use std::process::{Child, Command, Output, Stdio};
 
 use tempfile::TempDir;
 
+pub mod farm;
+
 /// A `kiln up` process and its data directory.
 pub struct Kiln {
     child: Option<Child>,
     dir: TempDir,
     env: Vec<(String, String)>,
+    /// Arguments after `up --listen 127.0.0.1:0` (and before `--data-dir`).
+    args: Vec<String>,
     /// `http://127.0.0.1:<port>`.
     pub base: String,
     /// The address it listens on.
@@ -45,24 +49,34 @@ impl Kiln {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        Kiln::spawn(dir, env)
+        Kiln::spawn(dir, env, vec!["--workers".to_owned(), "0".to_owned()])
     }
 
-    fn spawn(dir: TempDir, env: Vec<(String, String)>) -> Kiln {
+    /// Starts `kiln up` with `args` (e.g. `--config FILE --workers 2`) in `dir` (its data
+    /// directory is `dir/data`).
+    pub fn start_in(dir: TempDir, args: Vec<String>, env: &[(&str, &str)]) -> Kiln {
+        let env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Kiln::spawn(dir, env, args)
+    }
+
+    /// The temporary directory holding the data directory and the log.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn spawn(dir: TempDir, env: Vec<(String, String)>, args: Vec<String>) -> Kiln {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(dir.path().join("kiln.log"))
             .expect("log file");
         let mut child = Command::new(kiln_bin())
-            .args([
-                "up",
-                "--listen",
-                "127.0.0.1:0",
-                "--workers",
-                "0",
-                "--data-dir",
-            ])
+            .args(["up", "--listen", "127.0.0.1:0"])
+            .args(&args)
+            .arg("--data-dir")
             .arg(dir.path().join("data"))
             .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env("KILN_LOG", "info,kiln_cache=debug")
@@ -102,6 +116,7 @@ impl Kiln {
             child: Some(child),
             dir,
             env,
+            args,
             base,
             addr,
             public_key,
@@ -206,7 +221,8 @@ impl Kiln {
         }
         let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
         let env = std::mem::take(&mut self.env);
-        Kiln::spawn(dir, env)
+        let args = std::mem::take(&mut self.args);
+        Kiln::spawn(dir, env, args)
     }
 
     /// Stops the server and starts a new one on the same data directory (on a new port).
@@ -214,7 +230,8 @@ impl Kiln {
         self.stop();
         let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
         let env = std::mem::take(&mut self.env);
-        Kiln::spawn(dir, env)
+        let args = std::mem::take(&mut self.args);
+        Kiln::spawn(dir, env, args)
     }
 
     /// Sends one HTTP request to the server.
@@ -235,6 +252,166 @@ impl Drop for Kiln {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+/// Which blob store a test server keeps its cache in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// A directory under the server's data directory (the default).
+    Local,
+    /// A bucket of an [`S3Server`] started for the test.
+    S3,
+}
+
+/// The bucket test servers use on an [`S3Server`].
+pub const S3_BUCKET: &str = "kiln";
+
+/// An S3-compatible server (s3s-fs, started through `scripts/s3-server`) on a free loopback port
+/// with its data in a temporary directory; stopped by its PID when dropped. s3s-fs keeps each
+/// object as a file under `<data>/<bucket>/<key>`, so tests can look at what is stored.
+pub struct S3Server {
+    dir: TempDir,
+    pid: i32,
+    /// `http://127.0.0.1:<port>`.
+    pub endpoint: String,
+    /// The access key id it accepts.
+    pub access_key_id: String,
+    secret_file: PathBuf,
+}
+
+impl S3Server {
+    /// Starts a server with one bucket, [`S3_BUCKET`]. Panics, saying how to install it, if
+    /// s3s-fs is not installed.
+    pub fn start() -> S3Server {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/s3-server");
+        let out = Command::new(script)
+            .arg("start")
+            .arg(dir.path())
+            .arg(S3_BUCKET)
+            .output()
+            .expect("run scripts/s3-server");
+        assert!(
+            out.status.success(),
+            "cannot start the S3 test server: {}\nThe S3 tests need s3s-fs: install it with \
+             `scripts/s3-server install` (cargo install s3s-fs --version 0.14.1 --features \
+             binary --locked); scripts/test does this before running the tests.",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        let value = |name: &str| -> String {
+            stdout
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("{name}=")))
+                .unwrap_or_else(|| panic!("scripts/s3-server did not print {name}: {stdout}"))
+                .to_owned()
+        };
+        let secret_file = dir.path().join("secret");
+        std::fs::write(&secret_file, value("S3_SECRET_ACCESS_KEY")).unwrap();
+        S3Server {
+            pid: value("S3_PID").parse().expect("numeric PID"),
+            endpoint: value("S3_ENDPOINT"),
+            access_key_id: value("S3_ACCESS_KEY_ID"),
+            secret_file,
+            dir,
+        }
+    }
+
+    /// The folder holding the objects of [`S3_BUCKET`], one file per object.
+    pub fn bucket_dir(&self) -> PathBuf {
+        self.dir.path().join("data").join(S3_BUCKET)
+    }
+
+    /// The `KILN_*` variables that put a server's cache in this bucket.
+    pub fn kiln_env(&self) -> Vec<(String, String)> {
+        [
+            ("KILN_CACHE__STORAGE__TYPE", "s3".to_owned()),
+            ("KILN_CACHE__STORAGE__BUCKET", S3_BUCKET.to_owned()),
+            ("KILN_CACHE__STORAGE__ENDPOINT", self.endpoint.clone()),
+            ("KILN_CACHE__STORAGE__ALLOW_HTTP", "true".to_owned()),
+            (
+                "KILN_CACHE__STORAGE__ACCESS_KEY_ID",
+                self.access_key_id.clone(),
+            ),
+            (
+                "KILN_CACHE__STORAGE__SECRET_ACCESS_KEY_FILE",
+                self.secret_file.display().to_string(),
+            ),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect()
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let Some(pid) = rustix::process::Pid::from_raw(self.pid) else {
+            return;
+        };
+        if rustix::process::kill_process(pid, rustix::process::Signal::TERM).is_err() {
+            return;
+        }
+        // Not our child (the script started it), so it cannot be waited for: watch it end.
+        for _ in 0..500 {
+            if !process_runs(self.pid) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+    }
+}
+
+/// Whether process `pid` runs; a zombie that nobody has reaped yet does not.
+fn process_runs(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let state = stat.rsplit_once(") ")?.1.chars().next()?;
+            Some(state != 'Z')
+        })
+        .unwrap_or(false)
+}
+
+/// A Kiln server on a chosen backend, with the S3 server it uses if any (stopped after it).
+pub struct TestCache {
+    /// The server.
+    pub kiln: Kiln,
+    /// The S3 server, for [`Backend::S3`].
+    pub s3: Option<S3Server>,
+}
+
+impl TestCache {
+    /// Starts an S3 server if `backend` needs one, then `kiln up` on it with `env` on top.
+    pub fn start(backend: Backend, env: &[(&str, &str)]) -> TestCache {
+        let s3 = (backend == Backend::S3).then(S3Server::start);
+        let mut all: Vec<(String, String)> =
+            s3.as_ref().map(S3Server::kiln_env).unwrap_or_default();
+        all.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let pairs: Vec<(&str, &str)> = all.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        TestCache {
+            kiln: Kiln::start_with(&pairs),
+            s3,
+        }
+    }
+
+    /// The folder where the objects of cache `name` are files: a static binary cache that
+    /// `file://` substitution can read.
+    pub fn objects(&self, name: &str) -> PathBuf {
+        match &self.s3 {
+            Some(s3) => s3.bucket_dir().join(name),
+            None => self.kiln.data_dir().join("cache").join(name),
+        }
+    }
+}
+
+impl std::ops::Deref for TestCache {
+    type Target = Kiln;
+
+    fn deref(&self) -> &Kiln {
+        &self.kiln
     }
 }
 
@@ -357,6 +534,28 @@ impl NixStore {
             .args(paths);
         if let Some(netrc) = netrc {
             cmd.arg("--option").arg("netrc-file").arg(netrc);
+        }
+        cmd.output().expect("run nix copy")
+    }
+
+    /// Like [`NixStore::copy_to`], with extra Nix options (`--option NAME VALUE`).
+    pub fn copy_to_with_options(
+        &self,
+        url: &str,
+        paths: &[String],
+        netrc: Option<&Path>,
+        options: &[(&str, &str)],
+    ) -> Output {
+        let mut cmd = self.command("nix", &["copy"]);
+        cmd.args(["--option", "substituters", ""])
+            .arg("--to")
+            .arg(url)
+            .args(paths);
+        if let Some(netrc) = netrc {
+            cmd.arg("--option").arg("netrc-file").arg(netrc);
+        }
+        for (name, value) in options {
+            cmd.args(["--option", name, value]);
         }
         cmd.output().expect("run nix copy")
     }

@@ -1,8 +1,13 @@
 //! Kiln's web tier: dashboard, JSON API, the binary cache's HTTP endpoints, webhooks and metrics.
 //!
-//! It is stateless (many replicas may run) and must never schedule or build. Today it mounts the
-//! binary cache: Nix's protocol under `/cache/<name>/` and the cache API under
-//! `/api/v1/caches/`.
+//! It is stateless (many replicas may run) and must never schedule or build: it reads the
+//! database, and writes only requests for the coordinator (evaluate now, restart, cancel, bump).
+//! It mounts the binary cache (Nix's protocol under `/cache/<name>/`, the cache API under
+//! `/api/v1/caches/`), the farm API under `/api/v1/` ([`api`]) and the dashboard at `/`
+//! ([`dashboard`]).
+
+pub mod api;
+pub mod dashboard;
 
 use axum::Router;
 use kiln_cache::CacheService;
@@ -10,11 +15,15 @@ use kiln_cache::http::{API_MOUNT, NIX_MOUNT, api_router, nix_router};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+pub use api::FarmState;
+
 /// The whole HTTP application.
-pub fn router(cache: CacheService) -> Router {
+pub fn router(cache: CacheService, farm: FarmState) -> Router {
     Router::new()
         .nest(NIX_MOUNT, nix_router(cache.clone()))
         .nest(API_MOUNT, api_router(cache))
+        .merge(api::router(farm.clone()))
+        .merge(dashboard::router(farm))
 }
 
 /// Serves `app` on `listener` until `shutdown` is cancelled, then lets in-flight requests finish.

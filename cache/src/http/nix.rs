@@ -84,18 +84,26 @@ pub async fn get_file(
     Path((name, file)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Response, CacheError> {
-    let cache = authorized(&service, &name, &headers, Permission::Read).await?;
-    if file == "nix-cache-info" {
-        return Ok((
-            [(CONTENT_TYPE, "text/x-nix-cache-info")],
-            cache.cache_info().to_string(),
-        )
-            .into_response());
-    }
     let Some(hash) = narinfo_hash(&file) else {
+        let cache = authorized(&service, &name, &headers, Permission::Read).await?;
+        if file == "nix-cache-info" {
+            return Ok((
+                [(CONTENT_TYPE, "text/x-nix-cache-info")],
+                cache.cache_info().to_string(),
+            )
+                .into_response());
+        }
         return Err(CacheError::NotFound(format!("{file} in cache {name:?}")));
     };
-    match index::find_path(service.db(), cache.id, hash).await? {
+    // The hot path of every substitution: the cache and the path in one query.
+    let (cache, path) = index::find_cache_and_path(service.db(), &name, hash)
+        .await?
+        .ok_or_else(|| CacheError::NotFound(format!("cache {name:?}")))?;
+    let token = token_from_headers(&headers)?;
+    service
+        .authorize(&cache, token.as_deref(), Permission::Read)
+        .await?;
+    match path {
         Some(path) => {
             service.access_log().touch(path.id);
             Ok(([(CONTENT_TYPE, NARINFO_TYPE)], path.narinfo.to_string()).into_response())
@@ -231,13 +239,18 @@ pub async fn put_nar(
     let limit = service.settings().max_nar_size;
     check_content_length(&headers, limit, "the NAR file")?;
     let file_key = format!("nar/{file}");
-    if index::find_nar(service.db(), cache.id, &file_key)
-        .await?
-        .is_some()
+    let key = cache.layout().key(&file_key)?;
+    // Recorded and still stored: nothing to do. (Recorded but gone — garbage collection deleted
+    // an object written while it was claimed — is repaired by storing it again.)
+    if let Some(nar) = index::find_nar(service.db(), cache.id, &file_key).await?
+        && service
+            .store()
+            .head(&key)
+            .await?
+            .is_some_and(|meta| meta.size == nar.facts.file_size)
     {
         return Ok(StatusCode::OK.into_response());
     }
-    let key = cache.layout().key(&file_key)?;
     let verifier = NarFileVerifier::new(compression, limit, Some(promised))?;
     let verified =
         ingest::receive_nar_file(service.store(), &key, body_stream(body), limit, verifier).await?;

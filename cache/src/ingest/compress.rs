@@ -13,6 +13,21 @@ use crate::error::CacheError;
 /// Compressed output is handed to storage in pieces of about this size.
 const OUT_CHUNK: usize = 1 << 20;
 
+/// Most zstd worker threads one upload uses.
+const MAX_ZSTD_WORKERS: usize = 4;
+
+/// Input each zstd worker compresses at a time. With zstd's default for level 3 (8 MiB) and its
+/// buffers, the server's peak memory during one upload went from 54 to 154 MiB
+/// (tests/cache_large.rs); with 1 MiB it is 78 MiB.
+const ZSTD_JOB_SIZE: u32 = 1 << 20;
+
+/// zstd worker threads per upload: one per CPU, up to [`MAX_ZSTD_WORKERS`]. With workers, zstd
+/// compresses on them while the upload's own thread validates and hashes the NAR; compressing on
+/// the upload's thread made ingest less than half as fast as `zstd -T0` (docs/benchmarks.md).
+fn zstd_workers() -> u32 {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(MAX_ZSTD_WORKERS)) as u32
+}
+
 /// Passes compressed bytes on to storage, hashing them.
 struct ChunkSender {
     tx: mpsc::Sender<io::Result<Bytes>>,
@@ -80,6 +95,10 @@ fn run(
         file: Sha256Counter::new(),
     };
     let mut encoder = zstd::stream::write::Encoder::new(sink, level).map_err(internal)?;
+    encoder.multithread(zstd_workers()).map_err(internal)?;
+    encoder
+        .set_parameter(zstd::zstd_safe::CParameter::JobSize(ZSTD_JOB_SIZE))
+        .map_err(internal)?;
     let mut nar = NarValidator::new();
     while let Some(chunk) = input.blocking_recv() {
         feed_nar(&mut nar, max_nar_size, &chunk)?;

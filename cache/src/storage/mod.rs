@@ -14,6 +14,7 @@ use std::fmt;
 use std::io;
 use std::ops::Range;
 use std::pin::Pin;
+use std::time::SystemTime;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -62,6 +63,17 @@ pub struct BlobMeta {
     pub key: BlobKey,
     /// Size in bytes.
     pub size: u64,
+    /// When the object was last written; `None` if the backend does not say.
+    pub modified: Option<SystemTime>,
+}
+
+/// What [`BlobStore::reap_leftovers`] deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Reaped {
+    /// Leftovers deleted.
+    pub count: u64,
+    /// Their total size in bytes.
+    pub bytes: u64,
 }
 
 /// An object (or a range of it) being read.
@@ -130,6 +142,17 @@ pub trait BlobStore: Send + Sync + fmt::Debug {
 
     /// Every object whose key lies under the folder `prefix`, in no particular order.
     fn list(&self, prefix: &BlobKey) -> BoxStream<'static, Result<BlobMeta, StoreError>>;
+
+    /// Deletes the data that puts interrupted by a crash left under the folder `prefix` and that
+    /// was last written before `older_than`: data that no key names and `list` does not show.
+    /// Puts still under way keep writing theirs, so a generous `older_than` spares them. With
+    /// `dry_run`, only counts what it would delete.
+    async fn reap_leftovers(
+        &self,
+        prefix: &BlobKey,
+        older_than: SystemTime,
+        dry_run: bool,
+    ) -> Result<Reaped, StoreError>;
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@
 use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use async_trait::async_trait;
 use futures_util::stream::BoxStream;
@@ -17,7 +18,7 @@ use object_store::path::Path as ObjectPath;
 use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt};
 use tokio::io::AsyncWriteExt;
 
-use super::{Blob, BlobKey, BlobMeta, BlobStore, ByteRange, ByteStream, StoreError};
+use super::{Blob, BlobKey, BlobMeta, BlobStore, ByteRange, ByteStream, Reaped, StoreError};
 
 /// How to reach the bucket.
 #[derive(Debug, Clone, Default)]
@@ -179,6 +180,7 @@ impl BlobStore for S3Store {
             Ok(meta) => Ok(Some(BlobMeta {
                 key: key.clone(),
                 size: meta.size,
+                modified: Some(meta.last_modified.into()),
             })),
             Err(e) if is_not_found(&e) => Ok(None),
             Err(e) => Err(backend(key)(e)),
@@ -218,6 +220,7 @@ impl BlobStore for S3Store {
                         Ok(BlobMeta {
                             key,
                             size: meta.size,
+                            modified: Some(meta.last_modified.into()),
                         })
                     }),
                     Err(e) => Some(Err(StoreError::Backend {
@@ -228,5 +231,17 @@ impl BlobStore for S3Store {
                 std::future::ready(result)
             })
             .boxed()
+    }
+
+    /// Nothing to do: an interrupted upload here is an incomplete multipart upload, which is
+    /// not an object and which `object_store` cannot list. Buckets should carry a lifecycle rule
+    /// (`AbortIncompleteMultipartUpload`) to free their parts.
+    async fn reap_leftovers(
+        &self,
+        _prefix: &BlobKey,
+        _older_than: SystemTime,
+        _dry_run: bool,
+    ) -> Result<Reaped, StoreError> {
+        Ok(Reaped::default())
     }
 }
