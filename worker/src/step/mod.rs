@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::config::WorkerConfig;
-use crate::executor::Shared;
+use crate::executor::{Shared, Slot};
 use crate::log::{BuildLog, LogSink};
 use crate::outputs::support::{BuiltOutput, SupportFacts, read_support};
 use crate::serve::{Interrupted, NixBuildStatus, PathInfo};
@@ -139,46 +139,8 @@ async fn execute(
         return Outcome::cancelled();
     };
 
-    if !plan.inputs.is_empty() {
-        let substituter = match slot.substituter().await {
-            Ok(p) => p,
-            Err(err) => {
-                return Outcome::new(StepStatus::Transient, format!("cannot start Nix: {err}"));
-            }
-        };
-        let mut said = Vec::new();
-        match substituter
-            .query_valid_paths(&plan.inputs, true, &mut said, cancel)
-            .await
-        {
-            Ok(valid) => {
-                let missing: Vec<&String> =
-                    plan.inputs.iter().filter(|p| !valid.contains(*p)).collect();
-                if !missing.is_empty() {
-                    let said = nix_message(&String::from_utf8_lossy(&said));
-                    let mut message = format!(
-                        "inputs could not be substituted from {}: {}",
-                        shared.config.cache_url,
-                        missing
-                            .iter()
-                            .map(|s| s.as_str())
-                            .collect::<Vec<_>>()
-                            .join(" ")
-                    );
-                    if !said.is_empty() {
-                        message.push_str(&format!("; Nix said: {said}"));
-                    }
-                    return Outcome::new(StepStatus::Transient, message);
-                }
-            }
-            Err(Interrupted::Cancelled) => return Outcome::cancelled(),
-            Err(Interrupted::Broken(err)) => {
-                return Outcome::new(
-                    StepStatus::Transient,
-                    format!("substituting the inputs failed: {err}"),
-                );
-            }
-        }
+    if let Err(outcome) = substitute_inputs(shared, &mut slot, &plan, cancel).await {
+        return outcome;
     }
 
     let store_dir = StoreDir::default();
@@ -237,6 +199,56 @@ async fn execute(
         upload::log(shared, &plan, log_text).await;
     }
     finish_outputs(shared, &plan, step, infos, cancel).await
+}
+
+/// Makes the plan's inputs valid in the worker's store, substituting them from the cache in the
+/// slot's substituter process; any input still missing afterwards fails the step as transient.
+async fn substitute_inputs(
+    shared: &Shared,
+    slot: &mut Slot<'_>,
+    plan: &Plan,
+    cancel: &CancellationToken,
+) -> Result<(), Outcome> {
+    if plan.inputs.is_empty() {
+        return Ok(());
+    }
+    let substituter = slot
+        .substituter()
+        .await
+        .map_err(|err| Outcome::new(StepStatus::Transient, format!("cannot start Nix: {err}")))?;
+    let mut said = Vec::new();
+    let valid = match substituter
+        .query_valid_paths(&plan.inputs, true, &mut said, cancel)
+        .await
+    {
+        Ok(valid) => valid,
+        Err(Interrupted::Cancelled) => return Err(Outcome::cancelled()),
+        Err(Interrupted::Broken(err)) => {
+            return Err(Outcome::new(
+                StepStatus::Transient,
+                format!("substituting the inputs failed: {err}"),
+            ));
+        }
+    };
+    let missing: Vec<&str> = plan
+        .inputs
+        .iter()
+        .filter(|p| !valid.contains(*p))
+        .map(String::as_str)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let mut message = format!(
+        "inputs could not be substituted from {}: {}",
+        shared.config.cache_url,
+        missing.join(" ")
+    );
+    let said = nix_message(&String::from_utf8_lossy(&said));
+    if !said.is_empty() {
+        message.push_str(&format!("; Nix said: {said}"));
+    }
+    Err(Outcome::new(StepStatus::Transient, message))
 }
 
 /// Everything after a successful build: `nix-support`, the output size limit, the uploads.
