@@ -12,6 +12,7 @@
 //! `true`, `"text"`) and as a plain string otherwise. `KILN_LOG` (the log filter) is the only
 //! `KILN_` variable that is not a configuration key.
 
+mod distributed;
 mod farm;
 mod gc;
 mod size;
@@ -23,6 +24,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+pub use distributed::{DistributedConfig, parse_cache_storage};
 pub use farm::{
     FarmConfig, GitInputConfig, InputConfig, JobsetConfig, MAX_WORKER_FEATURES, ProjectConfig,
     WorkerConfig, valid_name,
@@ -72,6 +74,30 @@ pub struct Config {
     /// `<data_dir>/kiln.sqlite`.
     #[serde(default)]
     pub database_url: Option<String>,
+    /// RabbitMQ URL (`amqp://user:pass@host:5672/%2f`) of the distributed mode's work queues
+    /// (`KILN_AMQP_URL`). Required by `kiln coordinator` and `kiln worker`.
+    #[serde(default)]
+    pub amqp_url: Option<String>,
+    /// Redis URL (`redis://host:6379/0`) for worker heartbeats, live logs and the
+    /// coordinators' leader lease (`KILN_REDIS_URL`). Required by `kiln coordinator`,
+    /// `kiln worker` and `kiln web`; while Redis is down builds go on and only live views
+    /// degrade.
+    #[serde(default)]
+    pub redis_url: Option<String>,
+    /// The cache's storage as one string (`KILN_CACHE_STORAGE`): a local directory, or
+    /// `s3://BUCKET?endpoint=URL`. When set it replaces `[cache.storage]`.
+    #[serde(default)]
+    pub cache_storage: Option<String>,
+    /// Where a remote worker finds the web tier, i.e. the binary cache and its upload API
+    /// (`KILN_WEB_URL`, e.g. `http://kiln-web:8080`).
+    #[serde(default)]
+    pub web_url: Option<String>,
+    /// A remote worker's token, with `push` permission on the cache (`KILN_WORKER_TOKEN`).
+    #[serde(default)]
+    pub worker_token: Option<String>,
+    /// Timings of the distributed mode.
+    #[serde(default)]
+    pub distributed: DistributedConfig,
     /// The binary cache.
     #[serde(default)]
     pub cache: CacheConfig,
@@ -180,6 +206,12 @@ impl Default for Config {
             data_dir: default_data_dir(),
             public_url: None,
             database_url: None,
+            amqp_url: None,
+            redis_url: None,
+            cache_storage: None,
+            web_url: None,
+            worker_token: None,
+            distributed: DistributedConfig::default(),
             cache: CacheConfig::default(),
             worker: WorkerConfig::default(),
             farm: FarmConfig::default(),
@@ -248,13 +280,20 @@ impl Config {
             apply_env(&mut table, var, value)?;
         }
         let sources = describe_sources(file, &overrides);
-        let config: Config =
+        let mut config: Config =
             toml::Value::Table(table)
                 .try_into()
                 .map_err(|e: toml::de::Error| ConfigError::Invalid {
                     sources: sources.clone(),
                     message: e.message().to_owned(),
                 })?;
+        if let Some(storage) = &config.cache_storage {
+            config.cache.storage = parse_cache_storage(storage)
+                .map_err(|message| ConfigError::Invalid {
+                    sources: sources.clone(),
+                    message,
+                })?;
+        }
         config
             .validate()
             .map_err(|message| ConfigError::Invalid { sources, message })?;
@@ -280,6 +319,23 @@ impl Config {
             ));
         }
         self.cache.gc.validate()?;
+        self.distributed.validate()?;
+        for (key, url, schemes) in [
+            ("amqp_url", &self.amqp_url, &["amqp://", "amqps://"][..]),
+            ("redis_url", &self.redis_url, &["redis://", "rediss://", "unix://"][..]),
+            ("web_url", &self.web_url, &["http://", "https://"][..]),
+            ("database_url", &self.database_url, &["sqlite:", "postgres://", "postgresql://"][..]),
+        ] {
+            if let Some(url) = url
+                && !schemes.iter().any(|s| url.starts_with(s))
+            {
+                return Err(format!(
+                    "{key} must start with {}, not {:?}",
+                    schemes.join(" or "),
+                    redact_url(url)
+                ));
+            }
+        }
         if let Some(prefix) = &self.cache.key_name_prefix
             && (prefix.is_empty() || prefix.contains(':') || prefix.contains(char::is_whitespace))
         {
@@ -306,6 +362,25 @@ impl Config {
             }
             StorageConfig::S3 { .. } => None,
         }
+    }
+}
+
+/// `url` with any password replaced by `***`, for messages and logs.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or("");
+            if userinfo.contains(':') {
+                format!("{scheme}://{user}:***@{host}{path}")
+            } else {
+                format!("{scheme}://{user}@{host}{path}")
+            }
+        }
+        None => url.to_owned(),
     }
 }
 
@@ -609,6 +684,54 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("worker.slots"), "{err}");
+    }
+
+    #[test]
+    fn distributed_settings_come_from_their_variables() {
+        let config = Config::load_from(
+            None,
+            env(&[
+                ("KILN_DATABASE_URL", "postgres://kiln:secret@127.0.0.1:5432/kiln"),
+                ("KILN_AMQP_URL", "amqp://kiln:pw@127.0.0.1:5672/%2f"),
+                ("KILN_REDIS_URL", "redis://127.0.0.1:6379/0"),
+                ("KILN_CACHE_STORAGE", "s3://kiln?endpoint=http://127.0.0.1:9000"),
+                ("KILN_WEB_URL", "http://127.0.0.1:8080"),
+                ("KILN_WORKER_TOKEN", "kiln_abc123"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            config.database_url(),
+            "postgres://kiln:secret@127.0.0.1:5432/kiln"
+        );
+        assert_eq!(config.amqp_url.as_deref(), Some("amqp://kiln:pw@127.0.0.1:5672/%2f"));
+        assert_eq!(config.web_url.as_deref(), Some("http://127.0.0.1:8080"));
+        assert_eq!(config.worker_token.as_deref(), Some("kiln_abc123"));
+        assert!(matches!(config.cache.storage, StorageConfig::S3 { ref bucket, .. } if bucket == "kiln"));
+        assert_eq!(config.local_storage_dir(), None);
+
+        let err = Config::load_from(None, env(&[("KILN_AMQP_URL", "http://x:pw@h/")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("amqp_url") && !err.contains("pw"), "{err}");
+        let err = Config::load_from(None, env(&[("KILN_CACHE_STORAGE", "s3://")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("bucket"), "{err}");
+        let err = Config::load_from(None, env(&[("KILN_DISTRIBUTED__WORKER_TTL", "1")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("worker_ttl"), "{err}");
+    }
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact_url("postgres://kiln:secret@db:5432/kiln"),
+            "postgres://kiln:***@db:5432/kiln"
+        );
+        assert_eq!(redact_url("redis://db:6379/0"), "redis://db:6379/0");
+        assert_eq!(redact_url("amqp://guest@h/"), "amqp://guest@h/");
     }
 
     #[test]
