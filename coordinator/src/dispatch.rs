@@ -325,17 +325,12 @@ impl Dispatcher {
                 .saturating_sub(in_flight.get(queue).copied().unwrap_or(0))
         });
         for id in chosen {
-            let Some(dispatched) = steps::dispatch(&self.db, id, now).await? else {
+            let Some(dispatched) = steps::prepare_dispatch(&self.db, id).await? else {
                 tracing::warn!(step = %id, "step is no longer queued in the database; dropping it from the graph");
                 self.graph.remove_orphan(id);
                 continue;
             };
-            let node = self.graph.step_mut(id).expect("chosen from the graph");
-            node.state = StepState::Dispatched {
-                attempt: dispatched.attempt,
-            };
-            node.attempt = dispatched.attempt;
-            node.retry_at = None;
+            let node = self.graph.step(id).expect("chosen from the graph");
             let message = StepMessage {
                 version: PROTO_VERSION,
                 step_id: id.get(),
@@ -353,9 +348,21 @@ impl Dispatcher {
             };
             let queue = node.queue.clone();
             let builds: Vec<BuildId> = node.builds.iter().copied().collect();
-            tracing::info!(step = %id, attempt = dispatched.attempt, drv = %message.drv_path, queue = %queue, "dispatched");
             self.logs.reset(id);
+            // Published before it is recorded: see `steps::prepare_dispatch`.
             self.bus.publish(&queue, message.encode()).await?;
+            if !steps::mark_dispatched(&self.db, id, dispatched.attempt, now).await? {
+                tracing::warn!(step = %id, "step changed while it was being dispatched; dropping it from the graph");
+                self.graph.remove_orphan(id);
+                continue;
+            }
+            let node = self.graph.step_mut(id).expect("chosen from the graph");
+            node.state = StepState::Dispatched {
+                attempt: dispatched.attempt,
+            };
+            node.attempt = dispatched.attempt;
+            node.retry_at = None;
+            tracing::info!(step = %id, attempt = dispatched.attempt, drv = %message.drv_path, queue = %queue, "dispatched");
             steps::mark_builds_running(&self.db, &builds, now).await?;
         }
         Ok(())

@@ -4,17 +4,20 @@
 use std::io::Write;
 use std::path::PathBuf;
 
+use async_trait::async_trait;
 use kiln_db::StepId;
 
 /// Where live log lines of running steps are kept (files in `kiln up`; Redis in the
-/// distributed mode).
+/// distributed mode). Writes are fire-and-forget: a live log is a convenience, and failing to
+/// keep it must never fail a build.
+#[async_trait]
 pub trait LogStore: Send + Sync {
     /// Appends one line (without its newline) to the log of `step`.
     fn append(&self, step: StepId, line: &[u8]);
     /// Forgets the log of `step` (a new attempt starts).
     fn reset(&self, step: StepId);
     /// The log of `step` so far, if any.
-    fn read(&self, step: StepId) -> std::io::Result<Option<Vec<u8>>>;
+    async fn read(&self, step: StepId) -> std::io::Result<Option<Vec<u8>>>;
 }
 
 /// Live logs as files `<dir>/<step id>.log`.
@@ -35,6 +38,7 @@ impl FileLogs {
     }
 }
 
+#[async_trait]
 impl LogStore for FileLogs {
     fn append(&self, step: StepId, line: &[u8]) {
         let result = std::fs::OpenOptions::new()
@@ -60,8 +64,8 @@ impl LogStore for FileLogs {
         }
     }
 
-    fn read(&self, step: StepId) -> std::io::Result<Option<Vec<u8>>> {
-        match std::fs::read(self.path(step)) {
+    async fn read(&self, step: StepId) -> std::io::Result<Option<Vec<u8>>> {
+        match tokio::fs::read(self.path(step)).await {
             Ok(bytes) => Ok(Some(bytes)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
@@ -73,15 +77,15 @@ impl LogStore for FileLogs {
 mod tests {
     use super::*;
 
-    #[test]
-    fn lines_accumulate_until_reset() {
+    #[tokio::test]
+    async fn lines_accumulate_until_reset() {
         let dir = tempfile::tempdir().unwrap();
         let logs = FileLogs::new(dir.path().join("logs")).unwrap();
-        assert_eq!(logs.read(StepId(1)).unwrap(), None);
+        assert_eq!(logs.read(StepId(1)).await.unwrap(), None);
         logs.append(StepId(1), b"one");
         logs.append(StepId(1), b"two");
-        assert_eq!(logs.read(StepId(1)).unwrap().unwrap(), b"one\ntwo\n");
+        assert_eq!(logs.read(StepId(1)).await.unwrap().unwrap(), b"one\ntwo\n");
         logs.reset(StepId(1));
-        assert_eq!(logs.read(StepId(1)).unwrap(), None);
+        assert_eq!(logs.read(StepId(1)).await.unwrap(), None);
     }
 }

@@ -1,5 +1,6 @@
 //! Command-line definition: one subcommand per mode or operator tool.
 
+mod activity;
 mod cache;
 mod common;
 mod drv;

@@ -33,6 +33,7 @@ use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
+use super::activity::{Activity, LocalStatus, Tracked, default_name};
 use super::common::{ConfigArgs, open_service};
 
 /// How often reads of cached paths are written to the index.
@@ -114,6 +115,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         None => default_systems().await?,
     };
     let pool = Arc::new(StaticPool::new());
+    let activity = Arc::new(Activity::default());
     let shutdown = CancellationToken::new();
 
     let mut workers = Vec::new();
@@ -138,6 +140,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("cannot start worker {name}"))?;
         pool.add(&systems, &config.worker.features, config.worker.slots);
+        activity.register(&name, &systems, &config.worker.features, config.worker.slots);
         workers.push((name, executor));
     }
 
@@ -198,6 +201,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             cache_name: main.name.clone(),
             logs: logs.clone(),
             signals: Some(coordinator.signals()),
+            status: Arc::new(LocalStatus {
+                leader: default_name(),
+                activity: activity.clone(),
+            }),
         },
     );
 
@@ -218,9 +225,13 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let worker_loops =
         futures_util::future::join_all(workers.into_iter().map(|(name, executor)| {
             let queues = queues_served(&systems, &config.worker.features);
-            let runner = Arc::new(LocalWorker {
-                executor,
-                logs: logs.clone(),
+            let runner = Arc::new(Tracked {
+                worker: name.clone(),
+                activity: activity.clone(),
+                inner: Arc::new(LocalWorker {
+                    executor,
+                    logs: logs.clone(),
+                }),
             });
             run_worker(
                 bus.clone(),
@@ -268,7 +279,7 @@ async fn run_worker(
     queues: Vec<kiln_bus::QueueName>,
     slots: u32,
     name: String,
-    runner: Arc<LocalWorker>,
+    runner: Arc<dyn StepRunner>,
     shutdown: CancellationToken,
 ) {
     if let Err(err) = serve_steps(bus, queues, slots, name.clone(), runner, shutdown.clone()).await

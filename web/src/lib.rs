@@ -15,7 +15,7 @@ use kiln_cache::http::{API_MOUNT, NIX_MOUNT, api_router, nix_router};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-pub use api::FarmState;
+pub use api::{FarmState, status};
 
 /// The whole HTTP application.
 pub fn router(cache: CacheService, farm: FarmState) -> Router {

@@ -33,23 +33,23 @@ fn words(text: &str) -> Vec<String> {
     text.split_whitespace().map(str::to_owned).collect()
 }
 
-/// Marks queued step `id` running as a new attempt; `None` if it is not queued (someone else
-/// changed it first).
-pub async fn dispatch(db: &Db, id: StepId, now: Timestamp) -> Result<Option<Dispatched>> {
+/// Reads what a message for the next attempt of queued step `id` needs, without changing the
+/// step; `None` if it is no longer queued. The message is published first and the step marked
+/// running after ([`mark_dispatched`]): a crash in between leaves a queued step (dispatched
+/// again, with the same attempt number, so that either copy's result applies once) rather than
+/// a running step whose message never left.
+pub async fn prepare_dispatch(db: &Db, id: StepId) -> Result<Option<Dispatched>> {
     let row = sqlx::query(
-        "UPDATE steps SET status = 'running', attempt = attempt + 1, dispatched_at = $2, \
-             worker = NULL, started_at = NULL, finished_at = NULL, retry_at = NULL \
-         WHERE id = $1 AND status = 'queued' \
-         RETURNING attempt, drv, input_paths, system, required_features, timeout_secs, max_silent_secs",
+        "SELECT attempt, drv, input_paths, system, required_features, timeout_secs, max_silent_secs \
+         FROM steps WHERE id = $1 AND status = 'queued'",
     )
     .bind(id.get())
-    .bind(now.millis())
     .fetch_optional(db.pool())
     .await
-    .map_err(CoordinatorError::db("dispatching a step"))?;
+    .map_err(CoordinatorError::db("reading a step to dispatch"))?;
     let Some(row) = row else { return Ok(None) };
     Ok(Some(Dispatched {
-        attempt: col::<i64>(&row, "attempt")?.clamp(0, i64::from(u32::MAX)) as u32,
+        attempt: (col::<i64>(&row, "attempt")? + 1).clamp(1, i64::from(u32::MAX)) as u32,
         drv: col(&row, "drv")?,
         input_paths: words(&col::<String>(&row, "input_paths")?),
         system: col(&row, "system")?,
@@ -57,6 +57,49 @@ pub async fn dispatch(db: &Db, id: StepId, now: Timestamp) -> Result<Option<Disp
         timeout_secs: col::<i64>(&row, "timeout_secs")?.max(1) as u64,
         max_silent_secs: col::<i64>(&row, "max_silent_secs")?.max(1) as u64,
     }))
+}
+
+/// Marks queued step `id` running as `attempt` (from [`prepare_dispatch`]) once its message is
+/// published. Returns false, changing nothing, if the step changed meanwhile (its message's
+/// result will then be stale and ignored).
+pub async fn mark_dispatched(db: &Db, id: StepId, attempt: u32, now: Timestamp) -> Result<bool> {
+    let done = sqlx::query(
+        "UPDATE steps SET status = 'running', attempt = $2, dispatched_at = $3, \
+             worker = NULL, started_at = NULL, finished_at = NULL, retry_at = NULL \
+         WHERE id = $1 AND status = 'queued' AND attempt = $4",
+    )
+    .bind(id.get())
+    .bind(i64::from(attempt))
+    .bind(now.millis())
+    .bind(i64::from(attempt) - 1)
+    .execute(db.pool())
+    .await
+    .map_err(CoordinatorError::db("dispatching a step"))?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Ends the running `attempt` of step `id` as `aborted` with `message`: its message was
+/// dead-lettered after killing (or losing) too many workers. Returns false, changing
+/// nothing, if that attempt is no longer running.
+pub async fn abort_running(
+    db: &Db,
+    id: StepId,
+    attempt: u32,
+    message: &str,
+    now: Timestamp,
+) -> Result<bool> {
+    let done = sqlx::query(
+        "UPDATE steps SET status = 'aborted', message = $3, finished_at = $4 \
+         WHERE id = $1 AND attempt = $2 AND status = 'running'",
+    )
+    .bind(id.get())
+    .bind(i64::from(attempt))
+    .bind(message)
+    .bind(now.millis())
+    .execute(db.pool())
+    .await
+    .map_err(CoordinatorError::db("aborting a step"))?;
+    Ok(done.rows_affected() == 1)
 }
 
 /// Marks the queued builds among `builds` running (one of their steps was dispatched).

@@ -162,7 +162,7 @@ pub async fn get_log(
             return text(Body::from_stream(blob.body));
         }
     }
-    let live = state.logs.read(step).map_err(|e| {
+    let live = state.logs.read(step).await.map_err(|e| {
         ApiError(CoordinatorError::Internal(format!(
             "reading a live log: {e}"
         )))

@@ -10,6 +10,7 @@ pub mod builds;
 pub mod dto;
 pub mod evals;
 pub mod projects;
+pub mod status;
 
 use std::sync::Arc;
 
@@ -37,6 +38,8 @@ pub struct FarmState {
     pub logs: Arc<dyn LogStore>,
     /// Wakes an in-process coordinator; `None` when it runs elsewhere.
     pub signals: Option<Arc<Signals>>,
+    /// The live state behind `GET /api/v1/status`.
+    pub status: Arc<dyn status::StatusSource>,
 }
 
 /// An API failure, answered as `{"error": {"code", "message"}}` with its status.
@@ -117,6 +120,7 @@ pub fn router(state: FarmState) -> Router {
     let at = |path: &str| format!("{MOUNT}{path}");
     Router::new()
         .route(&at("/openapi.json"), get(openapi))
+        .route(&at("/status"), get(status::get_status))
         .route(&at("/projects"), get(projects::list_projects))
         .route(
             &at("/projects/{project}"),
@@ -144,6 +148,7 @@ pub fn router(state: FarmState) -> Router {
 #[openapi(
     info(title = "Kiln", description = "Kiln's build farm API (version 1)."),
     paths(
+        status::get_status,
         projects::list_projects,
         projects::put_project,
         projects::get_jobset,
@@ -158,6 +163,9 @@ pub fn router(state: FarmState) -> Router {
         builds::bump,
     ),
     components(schemas(
+        status::FarmStatus,
+        status::WorkerStatus,
+        status::RunningStepStatus,
         dto::ApiStatus,
         dto::ApiEvalStatus,
         dto::ProjectView,
