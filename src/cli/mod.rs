@@ -6,6 +6,7 @@ mod common;
 mod drv;
 mod gc;
 mod key;
+mod migrate;
 mod nar;
 mod push;
 mod token;
@@ -32,7 +33,7 @@ enum Command {
     /// Manage binary-cache signing keys.
     #[command(subcommand)]
     Key(key::KeyCommand),
-    /// Run Kiln in one process (today: the binary cache and its API).
+    /// Run the whole farm in one process (SQLite, in-process queue, local workers).
     Up(up::UpArgs),
     /// Manage binary caches.
     #[command(subcommand)]
@@ -40,6 +41,10 @@ enum Command {
     /// Manage access tokens.
     #[command(subcommand)]
     Token(token::TokenCommand),
+    /// Apply database migrations, create the default cache, save declared projects.
+    Migrate(migrate::MigrateArgs),
+    /// Validate the configuration and print what it resolves to (secrets hidden).
+    CheckConfig(migrate::CheckConfigArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -51,6 +56,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Up(args) => up::run(args),
         Command::Cache(cmd) => cache::run(cmd),
         Command::Token(cmd) => token::run(cmd),
+        Command::Migrate(args) => migrate::migrate(args),
+        Command::CheckConfig(args) => migrate::check_config(args),
     }
 }
 
