@@ -25,6 +25,18 @@ impl StaticPool {
         StaticPool::default()
     }
 
+    /// Replaces every worker with `workers` (systems, features, slots): the registry's view
+    /// in the distributed mode.
+    pub fn replace<'a>(&self, workers: impl IntoIterator<Item = (&'a [String], &'a [String], u32)>) {
+        let mut map = HashMap::new();
+        for (systems, features, slots) in workers {
+            for queue in queues_served(systems, features) {
+                *map.entry(queue).or_default() += slots;
+            }
+        }
+        *self.slots.write().unwrap_or_else(|e| e.into_inner()) = map;
+    }
+
     /// Adds a worker for `systems` with `features` and `slots` build slots.
     pub fn add(&self, systems: &[String], features: &[String], slots: u32) {
         let mut map = self.slots.write().unwrap_or_else(|e| e.into_inner());
@@ -62,5 +74,9 @@ mod tests {
             1
         );
         assert_eq!(pool.slots_for(&step_queue("aarch64-linux", &[])), 0);
+        let arm = vec!["aarch64-linux".to_owned()];
+        pool.replace([(&arm[..], &[][..], 4)]);
+        assert_eq!(pool.slots_for(&step_queue("x86_64-linux", &[])), 0);
+        assert_eq!(pool.slots_for(&step_queue("aarch64-linux", &[])), 4);
     }
 }

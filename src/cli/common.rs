@@ -8,6 +8,8 @@ use clap::Args;
 use kiln_cache::{CacheService, Settings};
 use kiln_config::Config;
 use kiln_db::Db;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
 
 /// `--config` and `--data-dir`, taken by `kiln up` and every admin command.
 #[derive(Debug, Args)]
@@ -51,4 +53,17 @@ pub fn admin_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")
+}
+
+/// Cancels `shutdown` on SIGINT or SIGTERM; returns when it is cancelled either way.
+pub async fn stop_on_signal(shutdown: CancellationToken) -> anyhow::Result<()> {
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+    let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    tokio::select! {
+        _ = interrupt.recv() => tracing::info!("SIGINT: shutting down"),
+        _ = terminate.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = shutdown.cancelled() => {}
+    }
+    shutdown.cancel();
+    Ok(())
 }

@@ -30,11 +30,10 @@ use kiln_db::StepId;
 use kiln_proto::{StepMessage, StepResult};
 use kiln_worker::{Executor, LogSink, UploadSettings, WorkerConfig};
 use tokio::net::TcpListener;
-use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
 use super::activity::{Activity, LocalStatus, Tracked, default_name};
-use super::common::{ConfigArgs, open_service};
+use super::common::{ConfigArgs, open_service, stop_on_signal};
 
 /// How often reads of cached paths are written to the index.
 const ACCESS_FLUSH_INTERVAL: Duration = Duration::from_secs(30);
@@ -313,7 +312,7 @@ impl StepRunner for LocalWorker {
 }
 
 /// `builtins.currentSystem` as `nix` reports it, plus Nix's built-in builders.
-async fn default_systems() -> anyhow::Result<Vec<String>> {
+pub(super) async fn default_systems() -> anyhow::Result<Vec<String>> {
     let out = tokio::process::Command::new("nix-instantiate")
         .args(["--eval", "--json", "-E", "builtins.currentSystem"])
         .args(["--option", "substituters", ""])
@@ -330,17 +329,4 @@ async fn default_systems() -> anyhow::Result<Vec<String>> {
     let system: String = serde_json::from_slice(&out.stdout)
         .context("nix-instantiate printed something other than a system name")?;
     Ok(vec![system, "builtin".to_owned()])
-}
-
-/// Cancels `shutdown` on SIGINT or SIGTERM; returns when it is cancelled either way.
-async fn stop_on_signal(shutdown: CancellationToken) -> anyhow::Result<()> {
-    let mut interrupt = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
-    let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
-    tokio::select! {
-        _ = interrupt.recv() => tracing::info!("SIGINT: shutting down"),
-        _ = terminate.recv() => tracing::info!("SIGTERM: shutting down"),
-        _ = shutdown.cancelled() => {}
-    }
-    shutdown.cancel();
-    Ok(())
 }
