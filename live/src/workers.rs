@@ -3,7 +3,7 @@
 //! Each worker is a key `<prefix>worker:<name>` holding its [`WorkerInfo`] as JSON, with the
 //! heartbeat's ttl, and a member of the set `<prefix>workers`. Listing reads the set and drops
 //! the names whose key expired, atomically, so a worker heart-beating at that moment is never
-//! lost from the set.
+//! lost from the set. The set itself expires once its last worker has.
 
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -42,6 +42,22 @@ pub struct RunningStep {
     /// When the worker started it, in milliseconds since the Unix epoch.
     pub started_at_ms: i64,
 }
+
+/// Stores the record `ARGV[1]` at `KEYS[1]` for `ARGV[2]` ms and adds the name `ARGV[3]` to the
+/// set `KEYS[2]`, whose expiry is pushed to at least that of the record: the set outlives its
+/// last live member by no more than it must, so names of workers long gone do not pile up.
+static HEARTBEAT: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"
+local ttl = tonumber(ARGV[2])
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ttl)
+redis.call('SADD', KEYS[2], ARGV[3])
+if redis.call('PTTL', KEYS[2]) < ttl then
+  redis.call('PEXPIRE', KEYS[2], ttl)
+end
+",
+    )
+});
 
 /// Returns the records of the workers in the set `KEYS[1]` whose key `ARGV[1] .. name` still
 /// exists, removing the others from the set.
@@ -84,20 +100,14 @@ impl Live {
             key: key.clone(),
             source,
         })?;
-        let mut pipe = redis::pipe();
-        pipe.atomic()
-            .cmd("SET")
-            .arg(&key)
+        let mut invocation = HEARTBEAT.prepare_invoke();
+        invocation
+            .key(&key)
+            .key(self.workers_key())
             .arg(json)
-            .arg("PX")
             .arg(expiry_ms(ttl))
-            .ignore()
-            .cmd("SADD")
-            .arg(self.workers_key())
-            .arg(&worker.name)
-            .ignore();
-        self.bounded(|mut conn| async move { pipe.query_async::<()>(&mut conn).await })
-            .await
+            .arg(&worker.name);
+        self.script(invocation).await
     }
 
     /// Forgets worker `name` now (it is shutting down).

@@ -206,6 +206,33 @@ async fn heart_beating_workers_are_listed_by_name_until_their_ttl_passes() {
 }
 
 #[tokio::test]
+async fn nothing_of_the_registry_outlives_the_last_worker() {
+    let live = live("registry-expiry");
+    live.heartbeat(&worker("w1", &[]), Duration::from_millis(1500))
+        .await
+        .unwrap();
+    live.heartbeat(&worker("w2", &[]), Duration::from_millis(500))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    // w2 is gone, but the set of names lasts as long as w1.
+    assert_eq!(names(&live.workers().await.unwrap()), ["w1"]);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let mut raw = raw().await;
+    let left: Vec<String> = redis::cmd("SCAN")
+        .arg(0)
+        .arg("MATCH")
+        .arg(format!("{}*", live.prefix()))
+        .arg("COUNT")
+        .arg(10_000)
+        .query_async::<(u64, Vec<String>)>(&mut raw)
+        .await
+        .unwrap()
+        .1;
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+#[tokio::test]
 async fn a_heartbeat_replaces_what_the_worker_said_before() {
     let live = live("replace");
     let ttl = Duration::from_secs(60);
