@@ -111,11 +111,11 @@ impl Lease {
         self.try_acquire().await
     }
 
-    /// Contends for the lease until `shutdown`: a round every ttl/3 ([`Lease::round`]),
-    /// reporting each change of leadership on `on_change` (true: we lead). Starts as a standby
-    /// (it reports false if the channel said otherwise). At shutdown it releases the lease (if it
-    /// holds it) and reports false. Redis failures are logged and follow the crate's policy: they
-    /// change nothing.
+    /// Contends for the lease until `shutdown`: every ttl/3 a leader renews it (or takes it
+    /// again if it is free) and a standby tries to take it; each change of leadership is
+    /// reported on `on_change` (true: we lead). Starts as a standby (it reports false if the
+    /// channel said otherwise). At shutdown it releases the lease (if it holds it) and reports
+    /// false. Redis failures are logged and, as the crate documentation says, change no role.
     pub async fn run(self, on_change: watch::Sender<bool>, shutdown: CancellationToken) {
         let interval = round_interval(self.ttl);
         let mut leading = false;
