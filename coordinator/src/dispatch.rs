@@ -124,6 +124,10 @@ impl Dispatcher {
             .bus
             .consume(&[QueueName::results()], 64, "coordinator")
             .await?;
+        let mut dead = self
+            .bus
+            .consume(&[QueueName::dead_steps()], 16, "coordinator-dead-steps")
+            .await?;
         self.run_commands().await?;
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -142,6 +146,15 @@ impl Dispatcher {
                         // consumer does. Reconnect to get it again now.
                         drop(results);
                         results = self.bus.consume(&[QueueName::results()], 64, "coordinator").await?;
+                        tokio::time::sleep(TICK).await;
+                    }
+                }
+                delivery = dead.next() => {
+                    let Some(delivery) = delivery else { break };
+                    if let Err(err) = self.on_dead_letter(delivery).await {
+                        tracing::error!(error = %err, "applying a dead-lettered step failed; it stays queued for redelivery");
+                        drop(dead);
+                        dead = self.bus.consume(&[QueueName::dead_steps()], 16, "coordinator-dead-steps").await?;
                         tokio::time::sleep(TICK).await;
                     }
                 }
@@ -379,6 +392,32 @@ impl Dispatcher {
             }
         };
         self.apply(&result).await?;
+        delivery.ack().await?;
+        Ok(())
+    }
+
+    /// Ends a step whose message was dead-lettered: delivered as often as the bus allows
+    /// without a result, because every worker that took it was lost (or it could not be read).
+    /// It ends `aborted`, once, and only if that attempt is still the running one.
+    async fn on_dead_letter(&mut self, delivery: Delivery) -> Result<()> {
+        let step = match StepMessage::decode(&delivery.body) {
+            Ok(step) => step,
+            Err(err) => {
+                tracing::error!(error = %err, "dropping an undecodable dead-lettered step message");
+                delivery.ack().await?;
+                return Ok(());
+            }
+        };
+        let id = StepId(step.step_id);
+        let message = "aborted: every worker that took this step was lost before finishing it \
+                       (the queue's delivery limit was reached)";
+        if steps::abort_running(&self.db, id, step.attempt, message, Timestamp::now()).await? {
+            tracing::warn!(step = %id, attempt = step.attempt, drv = %step.drv_path, "aborted: its message reached the delivery limit");
+            let outcome = self.graph.fail(id, Status::Aborted);
+            self.record(outcome, id).await?;
+        } else {
+            tracing::info!(step = %id, attempt = step.attempt, "ignoring a dead-lettered message of a step no longer running that attempt");
+        }
         delivery.ack().await?;
         Ok(())
     }

@@ -3,14 +3,18 @@
 mod activity;
 mod cache;
 mod common;
+mod coordinator;
 mod drv;
 mod gc;
 mod key;
+mod live;
 mod migrate;
 mod nar;
 mod push;
 mod token;
 mod up;
+mod web;
+mod worker;
 
 use clap::{Parser, Subcommand};
 
@@ -41,6 +45,12 @@ enum Command {
     /// Manage access tokens.
     #[command(subcommand)]
     Token(token::TokenCommand),
+    /// Distributed mode: a coordinator (run two; the lease holder leads).
+    Coordinator(coordinator::CoordinatorArgs),
+    /// Distributed mode: a remote build worker.
+    Worker(worker::WorkerArgs),
+    /// Distributed mode: the web tier (binary cache, API, dashboard).
+    Web(web::WebArgs),
     /// Apply database migrations, create the default cache, save declared projects.
     Migrate(migrate::MigrateArgs),
     /// Validate the configuration and print what it resolves to (secrets hidden).
@@ -48,7 +58,10 @@ enum Command {
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
-    init_logging(matches!(cli.command, Command::Up(_)));
+    init_logging(matches!(
+        cli.command,
+        Command::Up(_) | Command::Coordinator(_) | Command::Worker(_) | Command::Web(_)
+    ));
     match cli.command {
         Command::Nar(cmd) => nar::run(cmd),
         Command::Drv(cmd) => drv::run(cmd),
@@ -56,6 +69,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Up(args) => up::run(args),
         Command::Cache(cmd) => cache::run(cmd),
         Command::Token(cmd) => token::run(cmd),
+        Command::Coordinator(args) => coordinator::run(args),
+        Command::Worker(args) => worker::run(args),
+        Command::Web(args) => web::run(args),
         Command::Migrate(args) => migrate::migrate(args),
         Command::CheckConfig(args) => migrate::check_config(args),
     }
