@@ -24,7 +24,10 @@ use async_trait::async_trait;
 use thiserror::Error;
 
 pub use memory::MemoryBus;
-pub use queue::{MAX_FEATURES, QueueName, RESULTS_QUEUE, queues_served, step_queue};
+pub use queue::{
+    DEAD_STEPS_QUEUE, DEFAULT_DELIVERY_LIMIT, MAX_FEATURES, QueueName, RESULTS_QUEUE,
+    queues_served, step_queue,
+};
 pub use serve::{StepRunner, cancel_message, serve_steps};
 
 /// Why a bus operation failed.
