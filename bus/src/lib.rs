@@ -12,10 +12,17 @@
 //!
 //! Queues: one per (system, required features) for steps ([`step_queue`]), read by every worker
 //! that can serve it ([`queues_served`]), and [`RESULTS_QUEUE`] for step results going back to
-//! the coordinator. [`MemoryBus`] implements the contract in process for `kiln up`;
-//! [`serve_steps`] is the worker-side loop over any bus (take a step, run it, publish the result,
-//! then acknowledge). This crate never decides what to build or in which order.
+//! the coordinator. A step message that returns to its queue more often than the delivery limit
+//! (a step that kills every worker that takes it), or is rejected without requeueing, moves to
+//! [`DEAD_STEPS_QUEUE`] with its body instead of looping for ever.
+//!
+//! Two implementations: [`MemoryBus`] in process for `kiln up`, and [`AmqpBus`] over RabbitMQ
+//! for the distributed mode (durable quorum queues, publisher confirms, reconnection; see its
+//! module for the broker configuration it needs). [`serve_steps`] is the worker-side loop over
+//! any bus (take a step, run it, publish the result, then acknowledge). This crate never decides
+//! what to build or in which order.
 
+mod amqp;
 mod memory;
 mod queue;
 mod serve;
@@ -23,8 +30,12 @@ mod serve;
 use async_trait::async_trait;
 use thiserror::Error;
 
+pub use amqp::{AmqpBus, AmqpOptions, CONTROL_EXCHANGE};
 pub use memory::MemoryBus;
-pub use queue::{MAX_FEATURES, QueueName, RESULTS_QUEUE, queues_served, step_queue};
+pub use queue::{
+    DEAD_STEPS_QUEUE, DEFAULT_DELIVERY_LIMIT, MAX_FEATURES, QueueName, RESULTS_QUEUE,
+    queues_served, step_queue,
+};
 pub use serve::{StepRunner, cancel_message, serve_steps};
 
 /// Why a bus operation failed.

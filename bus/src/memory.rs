@@ -7,7 +7,9 @@ use async_trait::async_trait;
 use tokio::sync::{Notify, broadcast};
 use tokio_util::sync::CancellationToken;
 
-use crate::{Bus, BusError, Consumer, Delivery, QueueName, Settle, Subscription};
+use crate::{
+    Bus, BusError, Consumer, DEFAULT_DELIVERY_LIMIT, Delivery, QueueName, Settle, Subscription,
+};
 
 /// Broadcast messages buffered per subscriber before the oldest are dropped.
 const BROADCAST_BUFFER: usize = 1024;
@@ -16,7 +18,9 @@ const BROADCAST_BUFFER: usize = 1024;
 ///
 /// It keeps messages in memory only: they survive a consumer's death (they are redelivered) but
 /// not the process, which is why the coordinator, not the bus, is the source of truth and
-/// dispatches unfinished steps again after a restart.
+/// dispatches unfinished steps again after a restart. Like the RabbitMQ bus, it moves a step
+/// message to [`DEAD_STEPS_QUEUE`](crate::DEAD_STEPS_QUEUE) once it returned to its queue more
+/// often than the delivery limit, or when it is rejected without requeueing.
 #[derive(Clone)]
 pub struct MemoryBus {
     inner: Arc<Inner>,
@@ -28,6 +32,8 @@ struct Inner {
     changed: Notify,
     broadcast: broadcast::Sender<Vec<u8>>,
     closed: CancellationToken,
+    /// Returns to its queue a step message may make; the next one dead-letters it.
+    delivery_limit: u32,
 }
 
 #[derive(Default)]
@@ -41,13 +47,22 @@ struct State {
 struct Message {
     body: Vec<u8>,
     redelivered: bool,
+    /// How many times it came back to its queue unacknowledged.
+    returns: u32,
+}
+
+/// A message out with a consumer.
+struct Unacked {
+    queue: QueueName,
+    body: Vec<u8>,
+    returns: u32,
 }
 
 struct ConsumerState {
     name: String,
     queues: Vec<QueueName>,
     prefetch: usize,
-    unacked: HashMap<u64, (QueueName, Vec<u8>)>,
+    unacked: HashMap<u64, Unacked>,
     /// Index of the queue to look at first next time, so no queue starves the others.
     next_queue: usize,
 }
@@ -65,8 +80,14 @@ impl std::fmt::Debug for MemoryBus {
 }
 
 impl MemoryBus {
-    /// An empty bus.
+    /// An empty bus with the default delivery limit
+    /// ([`DEFAULT_DELIVERY_LIMIT`](crate::DEFAULT_DELIVERY_LIMIT)).
     pub fn new() -> MemoryBus {
+        MemoryBus::with_delivery_limit(DEFAULT_DELIVERY_LIMIT)
+    }
+
+    /// An empty bus that dead-letters a step message on its return number `delivery_limit + 1`.
+    pub fn with_delivery_limit(delivery_limit: u32) -> MemoryBus {
         let (broadcast, _) = broadcast::channel(BROADCAST_BUFFER);
         MemoryBus {
             inner: Arc::new(Inner {
@@ -74,6 +95,7 @@ impl MemoryBus {
                 changed: Notify::new(),
                 broadcast,
                 closed: CancellationToken::new(),
+                delivery_limit,
             }),
         }
     }
@@ -121,20 +143,49 @@ impl State {
                 self.next_tag += 1;
                 let state = self.consumers.get_mut(&consumer).expect("checked above");
                 state.next_queue = (index + 1) % count;
-                state
-                    .unacked
-                    .insert(tag, (queue.clone(), message.body.clone()));
+                state.unacked.insert(
+                    tag,
+                    Unacked {
+                        queue: queue.clone(),
+                        body: message.body.clone(),
+                        returns: message.returns,
+                    },
+                );
                 return Some((tag, queue, message));
             }
         }
         None
     }
 
-    fn requeue(&mut self, queue: QueueName, body: Vec<u8>) {
-        self.queues.entry(queue).or_default().push_front(Message {
-            body,
-            redelivered: true,
-        });
+    /// Puts a message that came back unacknowledged at the head of its queue, or dead-letters
+    /// it if it is a step message past `delivery_limit` returns (as RabbitMQ's quorum queues do
+    /// with `x-delivery-limit`).
+    fn requeue(&mut self, message: Unacked, delivery_limit: u32) {
+        let returns = message.returns + 1;
+        if message.queue.is_step_queue() && returns > delivery_limit {
+            tracing::warn!(queue = %message.queue, returns, "step message past its delivery limit: dead-lettered");
+            self.dead_letter(message.body);
+            return;
+        }
+        self.queues
+            .entry(message.queue)
+            .or_default()
+            .push_front(Message {
+                body: message.body,
+                redelivered: true,
+                returns,
+            });
+    }
+
+    fn dead_letter(&mut self, body: Vec<u8>) {
+        self.queues
+            .entry(QueueName::dead_steps())
+            .or_default()
+            .push_back(Message {
+                body,
+                redelivered: false,
+                returns: 0,
+            });
     }
 }
 
@@ -152,6 +203,7 @@ impl Bus for MemoryBus {
             .push_back(Message {
                 body,
                 redelivered: false,
+                returns: 0,
             });
         self.inner.changed.notify_waiters();
         Ok(())
@@ -231,13 +283,16 @@ impl MemorySettle {
         let Some(consumer) = state.consumers.get_mut(&self.consumer) else {
             return Err(BusError::ChannelClosed { tag });
         };
-        let Some((queue, body)) = consumer.unacked.remove(&tag) else {
+        let Some(message) = consumer.unacked.remove(&tag) else {
             return Err(BusError::Broker(format!(
                 "unknown delivery tag {tag} (already settled)"
             )));
         };
-        if requeue == Some(true) {
-            state.requeue(queue, body);
+        match requeue {
+            None => {}
+            Some(true) => state.requeue(message, self.inner.delivery_limit),
+            Some(false) if message.queue.is_step_queue() => state.dead_letter(message.body),
+            Some(false) => {}
         }
         drop(state);
         self.inner.changed.notify_waiters();
@@ -301,8 +356,8 @@ impl Drop for MemoryConsumer {
             let mut unacked: Vec<_> = consumer.unacked.into_iter().collect();
             // Oldest deliveries end up first in their queues.
             unacked.sort_by_key(|(tag, _)| std::cmp::Reverse(*tag));
-            for (_, (queue, body)) in unacked {
-                state.requeue(queue, body);
+            for (_, message) in unacked {
+                state.requeue(message, inner.delivery_limit);
             }
         }
         drop(state);
@@ -457,6 +512,50 @@ mod tests {
             bus.publish(&q("a"), vec![]).await,
             Err(BusError::Closed)
         ));
+    }
+
+    #[tokio::test]
+    async fn a_step_that_keeps_coming_back_is_dead_lettered_with_its_body() {
+        let bus = MemoryBus::with_delivery_limit(2);
+        let steps = crate::step_queue("x86_64-linux", &[]);
+        bus.publish(&steps, b"poison".to_vec()).await.unwrap();
+        // Delivered once, then returned twice (a dying worker, a requeueing one): still queued.
+        let mut dying = bus
+            .consume(std::slice::from_ref(&steps), 1, "dying")
+            .await
+            .unwrap();
+        assert!(!dying.next().await.unwrap().redelivered);
+        drop(dying);
+        let mut consumer = bus
+            .consume(std::slice::from_ref(&steps), 1, "c")
+            .await
+            .unwrap();
+        let second = consumer.next().await.unwrap();
+        assert!(second.redelivered);
+        second.nack(true).await.unwrap();
+        let third = consumer.next().await.unwrap();
+        assert_eq!(third.body, b"poison");
+        // The third return exceeds the limit.
+        drop(third);
+        drop(consumer);
+        assert_eq!(bus.ready_count(&steps).await.unwrap(), 0);
+        let dead = QueueName::dead_steps();
+        assert_eq!(bus.ready_count(&dead).await.unwrap(), 1);
+        let mut reader = bus.consume(&[dead], 1, "operator").await.unwrap();
+        assert_eq!(reader.next().await.unwrap().body, b"poison");
+    }
+
+    #[tokio::test]
+    async fn rejected_step_messages_are_dead_lettered_and_others_dropped() {
+        let bus = MemoryBus::new();
+        let steps = crate::step_queue("x86_64-linux", &[]);
+        bus.publish(&steps, b"undecodable".to_vec()).await.unwrap();
+        bus.publish(&q("a"), b"other".to_vec()).await.unwrap();
+        let mut consumer = bus.consume(&[steps, q("a")], 2, "c").await.unwrap();
+        consumer.next().await.unwrap().nack(false).await.unwrap();
+        consumer.next().await.unwrap().nack(false).await.unwrap();
+        assert_eq!(bus.ready_count(&q("a")).await.unwrap(), 0);
+        assert_eq!(bus.ready_count(&QueueName::dead_steps()).await.unwrap(), 1);
     }
 
     #[tokio::test]

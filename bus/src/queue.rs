@@ -1,4 +1,5 @@
-//! Queue names: one queue per (system, required features) for steps, and the results queue.
+//! Queue names: one queue per (system, required features) for steps, the results queue, and the
+//! dead-letter queue of poison steps.
 
 use std::fmt;
 
@@ -7,6 +8,19 @@ pub const MAX_FEATURES: usize = 8;
 
 /// The queue step results travel on, from workers to the coordinator.
 pub const RESULTS_QUEUE: &str = "kiln.results";
+
+/// Prefix of every step queue's name.
+const STEP_PREFIX: &str = "kiln.steps.";
+
+/// Where step messages go that were delivered more often than the bus's delivery limit (a step
+/// that kills every worker that takes it) or rejected without requeueing: kept with their
+/// original bodies for an operator to inspect, never delivered to workers.
+pub const DEAD_STEPS_QUEUE: &str = "kiln.steps.dead";
+
+/// How many times a step message may return to its queue unacknowledged (its consumer died, or
+/// it was rejected with requeueing) before it is moved to [`DEAD_STEPS_QUEUE`] on its next
+/// return, unless the bus is configured otherwise.
+pub const DEFAULT_DELIVERY_LIMIT: u32 = 3;
 
 /// The name of a queue. Step queues read `kiln.steps.<system>` or
 /// `kiln.steps.<system>.<feature>+<feature>...` with the features sorted.
@@ -22,6 +36,17 @@ impl QueueName {
     /// The results queue.
     pub fn results() -> QueueName {
         QueueName(RESULTS_QUEUE.to_owned())
+    }
+
+    /// The dead-letter queue of step messages ([`DEAD_STEPS_QUEUE`]).
+    pub fn dead_steps() -> QueueName {
+        QueueName(DEAD_STEPS_QUEUE.to_owned())
+    }
+
+    /// Whether this is a step queue, whose messages are subject to the delivery limit and
+    /// dead-lettered to [`DEAD_STEPS_QUEUE`] (which is not itself a step queue).
+    pub fn is_step_queue(&self) -> bool {
+        self.0.starts_with(STEP_PREFIX) && self.0 != DEAD_STEPS_QUEUE
     }
 
     /// The name.
@@ -42,9 +67,9 @@ pub fn step_queue(system: &str, features: &[String]) -> QueueName {
     features.sort_unstable();
     features.dedup();
     if features.is_empty() {
-        QueueName(format!("kiln.steps.{system}"))
+        QueueName(format!("{STEP_PREFIX}{system}"))
     } else {
-        QueueName(format!("kiln.steps.{system}.{}", features.join("+")))
+        QueueName(format!("{STEP_PREFIX}{system}.{}", features.join("+")))
     }
 }
 
@@ -110,5 +135,12 @@ mod tests {
             ]
         );
         assert!(!queues.contains(&step_queue("x86_64-linux", &strings(&["nixos-test"]))));
+    }
+
+    #[test]
+    fn only_step_queues_are_subject_to_the_delivery_limit() {
+        assert!(step_queue("x86_64-linux", &strings(&["kvm"])).is_step_queue());
+        assert!(!QueueName::results().is_step_queue());
+        assert!(!QueueName::dead_steps().is_step_queue());
     }
 }

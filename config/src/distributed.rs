@@ -111,7 +111,9 @@ pub fn parse_cache_storage(value: &str) -> Result<StorageConfig, String> {
         {
             return Err(bad("endpoint must start with http:// or https://"));
         }
-        let allow_http = endpoint.as_deref().is_some_and(|e| e.starts_with("http://"));
+        let allow_http = endpoint
+            .as_deref()
+            .is_some_and(|e| e.starts_with("http://"));
         return Ok(StorageConfig::S3 {
             bucket: bucket.to_owned(),
             region,

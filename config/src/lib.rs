@@ -288,8 +288,8 @@ impl Config {
                     message: e.message().to_owned(),
                 })?;
         if let Some(storage) = &config.cache_storage {
-            config.cache.storage = parse_cache_storage(storage)
-                .map_err(|message| ConfigError::Invalid {
+            config.cache.storage =
+                parse_cache_storage(storage).map_err(|message| ConfigError::Invalid {
                     sources: sources.clone(),
                     message,
                 })?;
@@ -322,9 +322,17 @@ impl Config {
         self.distributed.validate()?;
         for (key, url, schemes) in [
             ("amqp_url", &self.amqp_url, &["amqp://", "amqps://"][..]),
-            ("redis_url", &self.redis_url, &["redis://", "rediss://", "unix://"][..]),
+            (
+                "redis_url",
+                &self.redis_url,
+                &["redis://", "rediss://", "unix://"][..],
+            ),
             ("web_url", &self.web_url, &["http://", "https://"][..]),
-            ("database_url", &self.database_url, &["sqlite:", "postgres://", "postgresql://"][..]),
+            (
+                "database_url",
+                &self.database_url,
+                &["sqlite:", "postgres://", "postgresql://"][..],
+            ),
         ] {
             if let Some(url) = url
                 && !schemes.iter().any(|s| url.starts_with(s))
@@ -691,10 +699,16 @@ mod tests {
         let config = Config::load_from(
             None,
             env(&[
-                ("KILN_DATABASE_URL", "postgres://kiln:secret@127.0.0.1:5432/kiln"),
+                (
+                    "KILN_DATABASE_URL",
+                    "postgres://kiln:secret@127.0.0.1:5432/kiln",
+                ),
                 ("KILN_AMQP_URL", "amqp://kiln:pw@127.0.0.1:5672/%2f"),
                 ("KILN_REDIS_URL", "redis://127.0.0.1:6379/0"),
-                ("KILN_CACHE_STORAGE", "s3://kiln?endpoint=http://127.0.0.1:9000"),
+                (
+                    "KILN_CACHE_STORAGE",
+                    "s3://kiln?endpoint=http://127.0.0.1:9000",
+                ),
                 ("KILN_WEB_URL", "http://127.0.0.1:8080"),
                 ("KILN_WORKER_TOKEN", "kiln_abc123"),
             ]),
@@ -704,10 +718,15 @@ mod tests {
             config.database_url(),
             "postgres://kiln:secret@127.0.0.1:5432/kiln"
         );
-        assert_eq!(config.amqp_url.as_deref(), Some("amqp://kiln:pw@127.0.0.1:5672/%2f"));
+        assert_eq!(
+            config.amqp_url.as_deref(),
+            Some("amqp://kiln:pw@127.0.0.1:5672/%2f")
+        );
         assert_eq!(config.web_url.as_deref(), Some("http://127.0.0.1:8080"));
         assert_eq!(config.worker_token.as_deref(), Some("kiln_abc123"));
-        assert!(matches!(config.cache.storage, StorageConfig::S3 { ref bucket, .. } if bucket == "kiln"));
+        assert!(
+            matches!(config.cache.storage, StorageConfig::S3 { ref bucket, .. } if bucket == "kiln")
+        );
         assert_eq!(config.local_storage_dir(), None);
 
         let err = Config::load_from(None, env(&[("KILN_AMQP_URL", "http://x:pw@h/")]))

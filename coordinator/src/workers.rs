@@ -27,7 +27,10 @@ impl StaticPool {
 
     /// Replaces every worker with `workers` (systems, features, slots): the registry's view
     /// in the distributed mode.
-    pub fn replace<'a>(&self, workers: impl IntoIterator<Item = (&'a [String], &'a [String], u32)>) {
+    pub fn replace<'a>(
+        &self,
+        workers: impl IntoIterator<Item = (&'a [String], &'a [String], u32)>,
+    ) {
         let mut map = HashMap::new();
         for (systems, features, slots) in workers {
             for queue in queues_served(systems, features) {

@@ -170,13 +170,19 @@ impl Leader<'_> {
             let outcome = match outcome {
                 Some(outcome) => outcome,
                 None => {
-                    println!("kiln: coordinator {} lost the lease; standing by", self.name);
+                    println!(
+                        "kiln: coordinator {} lost the lease; standing by",
+                        self.name
+                    );
                     term.cancel();
                     run.await
                 }
             };
             if let Err(e) = outcome {
-                tracing::error!(error = format!("{e:#}"), "the coordinator stopped; starting again");
+                tracing::error!(
+                    error = format!("{e:#}"),
+                    "the coordinator stopped; starting again"
+                );
                 tokio::select! {
                     _ = shutdown.cancelled() => return Ok(()),
                     () = tokio::time::sleep(RETRY_DELAY) => {}
@@ -213,6 +219,8 @@ impl Leader<'_> {
             root: Some(eval_store.clone()),
         };
         let main = self.main;
+        let client = CacheClient::new(&web_url, &main.name, Some(token.clone()))
+            .context("invalid web_url")?;
         let coordinator = Coordinator::new(
             Parts {
                 db: db.clone(),
@@ -250,8 +258,7 @@ impl Leader<'_> {
                     store: store_files,
                     db: db.clone(),
                     cache: main.id,
-                    client: CacheClient::new(&web_url, &main.name, Some(token.clone()))
-                        .context("invalid web_url")?,
+                    client,
                 }),
                 work_dir: data.join("checkouts"),
                 max_concurrent: config.farm.max_concurrent_evals as usize,

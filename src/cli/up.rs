@@ -139,7 +139,12 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("cannot start worker {name}"))?;
         pool.add(&systems, &config.worker.features, config.worker.slots);
-        activity.register(&name, &systems, &config.worker.features, config.worker.slots);
+        activity.register(
+            &name,
+            &systems,
+            &config.worker.features,
+            config.worker.slots,
+        );
         workers.push((name, executor));
     }
 

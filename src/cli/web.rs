@@ -38,11 +38,7 @@ pub fn run(args: WebArgs) -> anyhow::Result<()> {
         config.listen = listen;
     }
     let missing = missing_for(&config, Role::Web);
-    anyhow::ensure!(
-        missing.is_empty(),
-        "kiln web needs {}",
-        missing.join(", ")
-    );
+    anyhow::ensure!(missing.is_empty(), "kiln web needs {}", missing.join(", "));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -107,7 +107,12 @@ async fn serve(config: Config, name: String) -> anyhow::Result<()> {
     .context("cannot connect to RabbitMQ (amqp_url)")?;
     let bus: Arc<dyn Bus> = Arc::new(bus);
     let activity = Arc::new(Activity::default());
-    activity.register(&name, &systems, &config.worker.features, config.worker.slots);
+    activity.register(
+        &name,
+        &systems,
+        &config.worker.features,
+        config.worker.slots,
+    );
     let runner = Arc::new(Tracked {
         worker: name.clone(),
         activity: activity.clone(),
