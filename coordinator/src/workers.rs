@@ -77,7 +77,7 @@ mod tests {
             1
         );
         assert_eq!(pool.slots_for(&step_queue("aarch64-linux", &[])), 0);
-        let arm = vec!["aarch64-linux".to_owned()];
+        let arm = ["aarch64-linux".to_owned()];
         pool.replace([(&arm[..], &[][..], 4)]);
         assert_eq!(pool.slots_for(&step_queue("x86_64-linux", &[])), 0);
         assert_eq!(pool.slots_for(&step_queue("aarch64-linux", &[])), 4);
