@@ -9,8 +9,9 @@
 //! (applied by the binary on the loaded [`Config`]). A variable names a key path with `__` between
 //! table names: `KILN_LISTEN`, `KILN_DATA_DIR`, `KILN_CACHE__MAX_NAR_SIZE`,
 //! `KILN_CACHE__STORAGE__TYPE`. Its value is read as a TOML value when it parses as one (`1024`,
-//! `true`, `"text"`) and as a plain string otherwise. `KILN_LOG` (the log filter) is the only
-//! `KILN_` variable that is not a configuration key.
+//! `true`, `"text"`) and as a plain string otherwise. `KILN_LOG` (the log filter) and the
+//! `KILN_TEST_*`, `KILN_SERVICES_*` and `KILN_FUZZ_*` variables of Kiln's scripts and tests are
+//! the only `KILN_` variables that are not configuration keys.
 
 mod distributed;
 mod farm;
@@ -36,6 +37,17 @@ pub use size::ByteSize;
 pub const ENV_PREFIX: &str = "KILN_";
 /// The one `KILN_` variable that is not a configuration key: the log filter.
 pub const LOG_ENV: &str = "KILN_LOG";
+/// Prefixes of `KILN_` variables that belong to Kiln's scripts and tests, not to the
+/// configuration: `KILN_TEST_*` (services the test suite uses), `KILN_SERVICES_*`
+/// (`scripts/services`), `KILN_FUZZ_*` (`scripts/test`).
+pub const NON_CONFIG_PREFIXES: [&str; 3] = ["KILN_TEST_", "KILN_SERVICES_", "KILN_FUZZ_"];
+
+/// Whether environment variable `name` overrides a configuration key.
+pub fn is_config_var(name: &str) -> bool {
+    name.starts_with(ENV_PREFIX)
+        && name != LOG_ENV
+        && !NON_CONFIG_PREFIXES.iter().any(|p| name.starts_with(p))
+}
 
 /// Why the configuration could not be loaded.
 #[derive(Debug, Error)]
@@ -272,10 +284,8 @@ impl Config {
             }
             None => toml::Table::new(),
         };
-        let overrides: BTreeMap<String, String> = env
-            .into_iter()
-            .filter(|(k, _)| k.starts_with(ENV_PREFIX) && k != LOG_ENV)
-            .collect();
+        let overrides: BTreeMap<String, String> =
+            env.into_iter().filter(|(k, _)| is_config_var(k)).collect();
         for (var, value) in &overrides {
             apply_env(&mut table, var, value)?;
         }
@@ -520,6 +530,8 @@ mod tests {
                 ("KILN_CACHE__STORAGE__TYPE", "local"),
                 ("KILN_CACHE__STORAGE__PATH", "/tmp/blobs"),
                 ("KILN_LOG", "debug"),
+                ("KILN_TEST_AMQP_URL", "amqp://127.0.0.1"),
+                ("KILN_SERVICES_REDIS_PORT", "1"),
                 ("PATH", "/bin"),
             ]),
         )
