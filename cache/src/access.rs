@@ -80,20 +80,13 @@ mod tests {
     use crate::caches::{self, NewCache};
     use crate::index::{self, Committed, Compression, NarFacts};
     use crate::storage::LocalStore;
+    use kiln_db::testing::{Backend, TestDb};
     use kiln_nix::narinfo::NarInfo;
     use kiln_nix::{Hash, StoreDir};
 
-    #[tokio::test]
-    async fn flush_writes_the_time_of_the_last_read() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = Db::connect(&format!(
-            "sqlite://{}",
-            dir.path().join("db.sqlite").display()
-        ))
-        .await
-        .unwrap();
-        db.migrate().await.unwrap();
-        let store = LocalStore::open(dir.path().join("blobs")).await.unwrap();
+    async fn flush_writes_the_time_of_the_last_read(backend: Backend) {
+        let db = TestDb::migrated(backend).await;
+        let store = LocalStore::open(db.dir().join("blobs")).await.unwrap();
         let new = NewCache {
             name: "main".to_owned(),
             public: true,
@@ -135,4 +128,6 @@ mod tests {
         assert!(accessed >= before, "{accessed} < {before}");
         assert_eq!(log.flush(&db).await.unwrap(), 0, "a flush empties the log");
     }
+
+    kiln_db::both_backends!(flush_writes_the_time_of_the_last_read,);
 }

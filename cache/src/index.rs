@@ -491,24 +491,18 @@ mod tests {
     use super::*;
     use crate::caches::{self, NewCache};
     use crate::storage::LocalStore;
+    use kiln_db::testing::{Backend, TestDb};
 
-    async fn setup() -> (tempfile::TempDir, Db, CacheId) {
-        let dir = tempfile::tempdir().unwrap();
-        let db = Db::connect(&format!(
-            "sqlite://{}",
-            dir.path().join("db.sqlite").display()
-        ))
-        .await
-        .unwrap();
-        db.migrate().await.unwrap();
-        let store = LocalStore::open(dir.path().join("blobs")).await.unwrap();
+    async fn setup(backend: Backend) -> (TestDb, CacheId) {
+        let db = TestDb::migrated(backend).await;
+        let store = LocalStore::open(db.dir().join("blobs")).await.unwrap();
         let new = NewCache {
             name: "main".to_owned(),
             public: true,
             priority: 30,
         };
         let (cache, _) = caches::ensure(&db, &store, &new, "test").await.unwrap();
-        (dir, db, cache.id)
+        (db, cache.id)
     }
 
     fn path(name: &str) -> StorePath {
@@ -538,9 +532,8 @@ mod tests {
         info
     }
 
-    #[tokio::test]
-    async fn commit_refuses_missing_references_inside_its_transaction() {
-        let (_dir, db, cache) = setup().await;
+    async fn commit_refuses_missing_references_inside_its_transaction(backend: Backend) {
+        let (db, cache) = setup(backend).await;
         let nar = nar(&db, cache, "top").await;
         let (top, dep) = (path("top"), path("dep"));
         let err = commit_path(&db, cache, nar.id, &info(&top, &nar, &[&dep, &top]))
@@ -563,9 +556,8 @@ mod tests {
         assert_eq!(refs, 0, "a refused commit left references behind");
     }
 
-    #[tokio::test]
-    async fn commit_is_idempotent_and_refuses_a_different_nar_for_the_same_path() {
-        let (_dir, db, cache) = setup().await;
+    async fn commit_is_idempotent_and_refuses_a_different_nar_for_the_same_path(backend: Backend) {
+        let (db, cache) = setup(backend).await;
         let first = nar(&db, cache, "one").await;
         let p = path("p");
         let Committed::Inserted(id) = commit_path(&db, cache, first.id, &info(&p, &first, &[&p]))
@@ -593,13 +585,12 @@ mod tests {
         assert_eq!(served.narinfo.references.len(), 1);
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn concurrent_commits_of_one_path_insert_it_once() {
-        let (_dir, db, cache) = setup().await;
+    async fn concurrent_commits_of_one_path_insert_it_once(backend: Backend) {
+        let (db, cache) = setup(backend).await;
         let nar = nar(&db, cache, "shared").await;
         let p = path("shared");
         let commits = (0..8).map(|_| {
-            let (db, info) = (db.clone(), info(&p, &nar, &[]));
+            let (db, info) = (db.db().clone(), info(&p, &nar, &[]));
             tokio::spawn(async move { commit_path(&db, cache, nar.id, &info).await })
         });
         let mut inserted = 0;
@@ -617,9 +608,8 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn one_query_finds_the_cache_and_the_path_it_serves() {
-        let (_dir, db, cache) = setup().await;
+    async fn one_query_finds_the_cache_and_the_path_it_serves(backend: Backend) {
+        let (db, cache) = setup(backend).await;
         let nar = nar(&db, cache, "served").await;
         let (served, absent) = (path("served"), path("absent"));
         let mut narinfo = info(&served, &nar, &[&served]);
@@ -655,9 +645,8 @@ mod tests {
         assert_eq!(found.narinfo.references, narinfo.references);
     }
 
-    #[tokio::test]
-    async fn recording_a_nar_twice_keeps_one_row() {
-        let (_dir, db, cache) = setup().await;
+    async fn recording_a_nar_twice_keeps_one_row(backend: Backend) {
+        let (db, cache) = setup(backend).await;
         let a = nar(&db, cache, "same").await;
         let b = nar(&db, cache, "same").await;
         assert_eq!(a, b);
@@ -666,4 +655,13 @@ mod tests {
             Some(a)
         );
     }
+
+    kiln_db::both_backends!(
+        commit_refuses_missing_references_inside_its_transaction,
+        commit_is_idempotent_and_refuses_a_different_nar_for_the_same_path,
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        concurrent_commits_of_one_path_insert_it_once,
+        one_query_finds_the_cache_and_the_path_it_serves,
+        recording_a_nar_twice_keeps_one_row,
+    );
 }

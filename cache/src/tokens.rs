@@ -169,6 +169,63 @@ pub async fn permission_on(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::caches::{self, NewCache};
+    use crate::storage::LocalStore;
+    use kiln_db::testing::{Backend, TestDb};
+
+    async fn cache(db: &TestDb, name: &str) -> CacheId {
+        let store = LocalStore::open(db.dir().join("blobs")).await.unwrap();
+        let new = NewCache {
+            name: name.to_owned(),
+            public: false,
+            priority: 30,
+        };
+        caches::ensure(db, &store, &new, "test").await.unwrap().0.id
+    }
+
+    async fn a_token_grants_its_scopes_and_nothing_else(backend: Backend) {
+        let db = TestDb::migrated(backend).await;
+        let (main, other) = (cache(&db, "main").await, cache(&db, "other").await);
+        let token = create_token(&db, "ci", &[(main, Permission::Push)])
+            .await
+            .unwrap();
+        assert_eq!(
+            permission_on(&db, &token.secret, main).await.unwrap(),
+            Some(Permission::Push)
+        );
+        assert_eq!(
+            permission_on(&db, &token.secret, other).await.unwrap(),
+            None
+        );
+        assert!(matches!(
+            permission_on(&db, "kiln_unknown", main).await,
+            Err(CacheError::InvalidToken)
+        ));
+    }
+
+    async fn replacing_an_internal_token_revokes_the_old_one(backend: Backend) {
+        let db = TestDb::migrated(backend).await;
+        let main = cache(&db, "main").await;
+        let scopes = [(main, Permission::Push)];
+        let old = replace_internal(&db, "workers", &scopes).await.unwrap();
+        let kept = create_token(&db, "someone else", &scopes).await.unwrap();
+        let new = replace_internal(&db, "workers", &scopes).await.unwrap();
+        assert!(matches!(
+            permission_on(&db, &old.secret, main).await,
+            Err(CacheError::InvalidToken)
+        ));
+        for token in [&new, &kept] {
+            assert_eq!(
+                permission_on(&db, &token.secret, main).await.unwrap(),
+                Some(Permission::Push)
+            );
+        }
+    }
+
+    kiln_db::both_backends!(
+        a_token_grants_its_scopes_and_nothing_else,
+        replacing_an_internal_token_revokes_the_old_one,
+    );
 
     #[test]
     fn permissions_include_the_weaker_ones() {

@@ -12,6 +12,8 @@
 mod ids;
 mod migrate;
 mod pool;
+#[cfg(any(test, feature = "test-util"))]
+pub mod testing;
 mod time;
 
 pub use ids::{

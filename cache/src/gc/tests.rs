@@ -1,4 +1,4 @@
-//! Collection against a real SQLite index and local store, through the same calls uploads make,
+//! Collection against a real index (SQLite and PostgreSQL) and local store, through the same calls uploads make,
 //! including the interleavings of a collection with a commit that the lock must order.
 
 use std::path::PathBuf;
@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use kiln_config::{Retention, TimeSpan};
+use kiln_db::testing::{Backend, TestDb};
 use kiln_db::{Db, Timestamp};
 use kiln_nix::narinfo::NarInfo;
 use kiln_nix::{Hash, StoreDir, StorePath};
@@ -19,10 +20,11 @@ use crate::service::{CacheService, Settings};
 use crate::storage::{ByteStream, LocalStore};
 
 struct Fixture {
-    _dir: tempfile::TempDir,
     blobs: PathBuf,
     service: CacheService,
     cache: CacheRecord,
+    /// Last, so that it is dropped after the service using it.
+    _db: TestDb,
 }
 
 fn path(name: &str) -> StorePath {
@@ -55,16 +57,9 @@ fn expire_all() -> Policy {
 }
 
 impl Fixture {
-    async fn new() -> Fixture {
-        let dir = tempfile::tempdir().unwrap();
-        let db = Db::connect(&format!(
-            "sqlite://{}",
-            dir.path().join("db.sqlite").display()
-        ))
-        .await
-        .unwrap();
-        db.migrate().await.unwrap();
-        let blobs = dir.path().join("blobs");
+    async fn new(backend: Backend) -> Fixture {
+        let db = TestDb::migrated(backend).await;
+        let blobs = db.dir().join("blobs");
         let store = LocalStore::open(&blobs).await.unwrap();
         let settings = Settings {
             max_nar_size: 1 << 20,
@@ -74,10 +69,10 @@ impl Fixture {
             key_name_prefix: "test".to_owned(),
             public_url: None,
         };
-        let service = CacheService::new(db, Arc::new(store), settings);
+        let service = CacheService::new(db.db().clone(), Arc::new(store), settings);
         let (cache, _) = service.ensure_default_cache().await.unwrap();
         Fixture {
-            _dir: dir,
+            _db: db,
             blobs,
             service,
             cache,
@@ -201,9 +196,8 @@ impl Fixture {
     }
 }
 
-#[tokio::test]
-async fn without_retention_nothing_served_is_deleted() {
-    let f = Fixture::new().await;
+async fn without_retention_nothing_served_is_deleted(backend: Backend) {
+    let f = Fixture::new(backend).await;
     let dep = f.publish("dep", &[]).await;
     f.publish("top", &[&dep]).await;
     f.age(&dep, 1000).await;
@@ -215,9 +209,8 @@ async fn without_retention_nothing_served_is_deleted() {
     f.assert_whole("top").await;
 }
 
-#[tokio::test]
-async fn expired_paths_go_but_closures_of_kept_paths_stay_whole() {
-    let f = Fixture::new().await;
+async fn expired_paths_go_but_closures_of_kept_paths_stay_whole(backend: Backend) {
+    let f = Fixture::new(backend).await;
     // old-leaf <- old-mid <- young-top; old-alone and old-top -> old-leaf too.
     let leaf = f.publish("old-leaf", &[]).await;
     let mid = f.publish("old-mid", &[&leaf]).await;
@@ -262,9 +255,8 @@ async fn expired_paths_go_but_closures_of_kept_paths_stay_whole() {
     assert_eq!(refs, 2, "young-top -> old-mid -> old-leaf");
 }
 
-#[tokio::test]
-async fn max_idle_keeps_what_is_read() {
-    let f = Fixture::new().await;
+async fn max_idle_keeps_what_is_read(backend: Backend) {
+    let f = Fixture::new(backend).await;
     let read = f.publish("read", &[]).await;
     let unread = f.publish("unread", &[]).await;
     f.age_everything().await;
@@ -288,9 +280,8 @@ async fn max_idle_keeps_what_is_read() {
     f.assert_gone("unread").await;
 }
 
-#[tokio::test]
-async fn pinned_paths_keep_their_closures_until_unpinned() {
-    let f = Fixture::new().await;
+async fn pinned_paths_keep_their_closures_until_unpinned(backend: Backend) {
+    let f = Fixture::new(backend).await;
     let leaf = f.publish("pin-leaf", &[]).await;
     let top = f.publish("pin-top", &[&leaf]).await;
     f.publish("unpinned", &[]).await;
@@ -323,9 +314,8 @@ async fn pinned_paths_keep_their_closures_until_unpinned() {
     f.assert_gone("pin-leaf").await;
 }
 
-#[tokio::test]
-async fn keep_closure_pins_every_path_of_the_closure_by_itself() {
-    let f = Fixture::new().await;
+async fn keep_closure_pins_every_path_of_the_closure_by_itself(backend: Backend) {
+    let f = Fixture::new(backend).await;
     let leaf = f.publish("kc-leaf", &[]).await;
     let mid = f.publish("kc-mid", &[&leaf]).await;
     let top = f.publish("kc-top", &[&mid, &leaf]).await;
@@ -359,9 +349,8 @@ async fn keep_closure_pins_every_path_of_the_closure_by_itself() {
     f.assert_whole("kc-leaf").await;
 }
 
-#[tokio::test]
-async fn pinning_refuses_paths_not_served_and_pins_nothing() {
-    let f = Fixture::new().await;
+async fn pinning_refuses_paths_not_served_and_pins_nothing(backend: Backend) {
+    let f = Fixture::new(backend).await;
     let here = f.publish("here", &[]).await;
     let absent = path("absent");
     let err = pins::pin(f.db(), f.cache.id, &[here.clone(), absent.clone()], false)
@@ -376,9 +365,8 @@ async fn pinning_refuses_paths_not_served_and_pins_nothing() {
     assert!(matches!(err, CacheError::NotFound(_)), "{err}");
 }
 
-#[tokio::test]
-async fn unused_nars_and_orphans_wait_for_the_grace_period() {
-    let f = Fixture::new().await;
+async fn unused_nars_and_orphans_wait_for_the_grace_period(backend: Backend) {
+    let f = Fixture::new(backend).await;
     // An upload whose narinfo never came, and an object no row knows (a crash).
     f.upload_nar("abandoned").await;
     let orphan = f.object("nar/0000000000000000000000000000000000000000000000000000.nar");
@@ -452,9 +440,8 @@ async fn unused_nars_and_orphans_wait_for_the_grace_period() {
     assert!(f.object("nix-cache-info").is_file());
 }
 
-#[tokio::test]
-async fn dry_run_reports_and_deletes_nothing() {
-    let f = Fixture::new().await;
+async fn dry_run_reports_and_deletes_nothing(backend: Backend) {
+    let f = Fixture::new(backend).await;
     f.publish("dry", &[]).await;
     f.upload_nar("dry-abandoned").await;
     f.age_everything().await;
@@ -475,9 +462,8 @@ async fn dry_run_reports_and_deletes_nothing() {
     assert!(report.to_string().contains("would delete 1"), "{report}");
 }
 
-#[tokio::test]
-async fn a_narinfo_whose_nar_was_collected_meanwhile_is_refused() {
-    let f = Fixture::new().await;
+async fn a_narinfo_whose_nar_was_collected_meanwhile_is_refused(backend: Backend) {
+    let f = Fixture::new(backend).await;
     let nar = f.upload_nar("late").await;
     f.age_everything().await;
     // The collection runs between the NAR upload and the narinfo.
@@ -507,9 +493,8 @@ async fn a_narinfo_whose_nar_was_collected_meanwhile_is_refused() {
     f.assert_whole("later").await;
 }
 
-#[tokio::test]
-async fn a_commit_referring_to_a_collected_path_is_refused() {
-    let f = Fixture::new().await;
+async fn a_commit_referring_to_a_collected_path_is_refused(backend: Backend) {
+    let f = Fixture::new(backend).await;
     let dep = f.publish("gone-dep", &[]).await;
     f.age_everything().await;
     let nar = f.upload_nar("referrer").await;
@@ -535,9 +520,8 @@ async fn a_commit_referring_to_a_collected_path_is_refused() {
     assert!(!f.served(&path("referrer")).await);
 }
 
-#[tokio::test]
-async fn a_nar_claimed_for_deletion_cannot_be_recorded_until_it_is_deleted() {
-    let f = Fixture::new().await;
+async fn a_nar_claimed_for_deletion_cannot_be_recorded_until_it_is_deleted(backend: Backend) {
+    let f = Fixture::new(backend).await;
     let key = Fixture::nar_key("claimed");
     // A collection claimed the key and has not deleted the object yet.
     sqlx::query(
@@ -582,9 +566,8 @@ async fn a_nar_claimed_for_deletion_cannot_be_recorded_until_it_is_deleted() {
     f.assert_whole("claimed").await;
 }
 
-#[tokio::test]
-async fn a_narinfo_object_of_a_path_published_again_is_written_back() {
-    let f = Fixture::new().await;
+async fn a_narinfo_object_of_a_path_published_again_is_written_back(backend: Backend) {
+    let f = Fixture::new(backend).await;
     let p = f.publish("again", &[]).await;
     // As if a collection decided to delete the path's narinfo object, and the path was
     // published again before the object was deleted.
@@ -600,9 +583,8 @@ async fn sweep_delete_narinfo(f: &Fixture, p: &StorePath) -> bool {
         .unwrap()
 }
 
-#[tokio::test]
-async fn stray_narinfo_objects_are_removed() {
-    let f = Fixture::new().await;
+async fn stray_narinfo_objects_are_removed(backend: Backend) {
+    let f = Fixture::new(backend).await;
     let stray = path("stray");
     std::fs::write(
         f.object(&format!("{}.narinfo", stray.hash_part())),
@@ -613,3 +595,19 @@ async fn stray_narinfo_objects_are_removed() {
     assert_eq!(report.narinfos_deleted, 1);
     assert!(!f.object(&format!("{}.narinfo", stray.hash_part())).exists());
 }
+
+kiln_db::both_backends!(
+    without_retention_nothing_served_is_deleted,
+    expired_paths_go_but_closures_of_kept_paths_stay_whole,
+    max_idle_keeps_what_is_read,
+    pinned_paths_keep_their_closures_until_unpinned,
+    keep_closure_pins_every_path_of_the_closure_by_itself,
+    pinning_refuses_paths_not_served_and_pins_nothing,
+    unused_nars_and_orphans_wait_for_the_grace_period,
+    dry_run_reports_and_deletes_nothing,
+    a_narinfo_whose_nar_was_collected_meanwhile_is_refused,
+    a_commit_referring_to_a_collected_path_is_refused,
+    a_nar_claimed_for_deletion_cannot_be_recorded_until_it_is_deleted,
+    a_narinfo_object_of_a_path_published_again_is_written_back,
+    stray_narinfo_objects_are_removed,
+);
