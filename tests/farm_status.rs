@@ -24,7 +24,10 @@ fn status_lists_the_leader_and_what_each_worker_builds() {
     assert!(status["coordinator_leader"].as_str().is_some(), "{status}");
     assert_eq!(status["live"], true, "{status}");
     let workers = status["workers"].as_array().unwrap();
-    let names: Vec<&str> = workers.iter().map(|w| w["name"].as_str().unwrap()).collect();
+    let names: Vec<&str> = workers
+        .iter()
+        .map(|w| w["name"].as_str().unwrap())
+        .collect();
     assert_eq!(names, ["local-0", "local-1"], "{status}");
     for w in workers {
         assert_eq!(w["slots"], 1, "{status}");

@@ -16,6 +16,20 @@ pub const HEADER_NAR_HASH: &str = "x-kiln-nar-hash";
 /// Header giving the NAR size the client expects, in bytes.
 pub const HEADER_NAR_SIZE: &str = "x-kiln-nar-size";
 
+/// What `GET /api/v1/caches/{name}/access` returns: what the request's credentials may do on
+/// the cache (a worker checks its token with it before taking any step).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccessView {
+    /// Cache name.
+    pub cache: String,
+    /// Whether the credentials may read (always true for a public cache).
+    pub read: bool,
+    /// Whether they may push.
+    pub push: bool,
+    /// Whether they may administer it.
+    pub admin: bool,
+}
+
 /// What `GET /api/v1/caches/{name}` returns (and each item of `GET /api/v1/caches`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CacheView {

@@ -60,6 +60,7 @@ async fn serve(config: Config, name: String) -> anyhow::Result<()> {
         .trim_end_matches('/')
         .to_owned();
     let token = config.worker_token.clone().expect("checked");
+    let token = token.trim().to_owned();
     std::fs::create_dir_all(&config.data_dir).with_context(|| {
         format!(
             "cannot create the data directory {} (pass --data-dir)",
@@ -71,6 +72,8 @@ async fn serve(config: Config, name: String) -> anyhow::Result<()> {
         key = cache_public_key(&web_url, DEFAULT_CACHE) => key?,
         _ = stop_on_signal(shutdown.clone()) => return Ok(()),
     };
+    // A worker whose uploads would be refused must not take steps: it would fail every one.
+    check_push(&web_url, DEFAULT_CACHE, &token).await?;
     let systems = match &config.worker.systems {
         Some(systems) => systems.clone(),
         None => default_systems().await?,
@@ -192,6 +195,41 @@ async fn cache_public_key(web_url: &str, cache: &str) -> anyhow::Result<String> 
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_secs(10));
     }
+}
+
+/// Fails unless `token` may push to `cache` on the web tier.
+async fn check_push(web_url: &str, cache: &str, token: &str) -> anyhow::Result<()> {
+    #[derive(serde::Deserialize)]
+    struct Access {
+        push: bool,
+    }
+    let url = format!("{web_url}/api/v1/caches/{cache}/access");
+    let response = reqwest::Client::new()
+        .get(&url)
+        .bearer_auth(token)
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .with_context(|| format!("cannot reach {url}"))?;
+    let status = response.status();
+    let body = response.bytes().await.unwrap_or_default();
+    anyhow::ensure!(
+        status != reqwest::StatusCode::UNAUTHORIZED,
+        "worker_token (KILN_WORKER_TOKEN) is not a valid token of {web_url}"
+    );
+    anyhow::ensure!(
+        status.is_success(),
+        "{url} answered {status}: {}",
+        String::from_utf8_lossy(&body)
+    );
+    let access: Access = serde_json::from_slice(&body)
+        .with_context(|| format!("{url} did not describe the token's access"))?;
+    anyhow::ensure!(
+        access.push,
+        "worker_token (KILN_WORKER_TOKEN) may not push to cache {cache}: create one with \
+         `kiln token create --cache {cache} --perm push`"
+    );
+    Ok(())
 }
 
 /// The executor, with live log lines going to Redis.

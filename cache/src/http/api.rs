@@ -37,8 +37,8 @@ use crate::ingest;
 use crate::service::CacheService;
 use crate::tokens::Permission;
 use crate::wire::{
-    CacheView, HEADER_CA, HEADER_DERIVER, HEADER_NAR_HASH, HEADER_NAR_SIZE, HEADER_REFERENCES,
-    HEADER_STORE_PATH, UploadView,
+    AccessView, CacheView, HEADER_CA, HEADER_DERIVER, HEADER_NAR_HASH, HEADER_NAR_SIZE,
+    HEADER_REFERENCES, HEADER_STORE_PATH, UploadView,
 };
 
 fn base_url(service: &CacheService, headers: &HeaderMap) -> String {
@@ -110,6 +110,35 @@ pub async fn get_cache(
         )
         .await?;
     Ok(Json(view(&cache, &base_url(&service, &headers))))
+}
+
+/// `GET /api/v1/caches/{name}/access`: what the presented token (or no token) may do on the
+/// cache. An unknown or revoked token is refused (401) rather than answered with no rights.
+#[tracing::instrument(skip_all, fields(cache = %name))]
+pub async fn get_access(
+    State(service): State<CacheService>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<AccessView>, CacheError> {
+    let cache = caches::get(service.db(), &name).await?;
+    let token = token_from_headers(&headers)?;
+    let mut held = [false; 3];
+    for (i, perm) in [Permission::Read, Permission::Push, Permission::Admin]
+        .into_iter()
+        .enumerate()
+    {
+        held[i] = match service.authorize(&cache, token.as_deref(), perm).await {
+            Ok(()) => true,
+            Err(CacheError::Unauthenticated | CacheError::Forbidden { .. }) => false,
+            Err(err) => return Err(err),
+        };
+    }
+    Ok(Json(AccessView {
+        cache: cache.name,
+        read: held[0],
+        push: held[1],
+        admin: held[2],
+    }))
 }
 
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, CacheError> {

@@ -37,5 +37,6 @@ pub fn api_router(service: CacheService) -> Router {
         .route("/", get(api::list_caches))
         .route("/{name}", get(api::get_cache))
         .route("/{name}/upload", post(api::upload))
+        .route("/{name}/access", get(api::get_access))
         .with_state(service)
 }
