@@ -1,5 +1,6 @@
 //! `GET /api/v1/status` of `kiln up`: the process is its own leading coordinator, and each local
-//! worker lists the steps it is building while it builds them.
+//! worker lists the steps it is building while it builds them; the dashboard, rendered by a real
+//! headless Chromium, shows the same.
 
 mod harness;
 
@@ -12,7 +13,7 @@ const SLOW: &str = r#"
     name = "slow";
     inherit system;
     builder = "/bin/sh";
-    args = [ "-c" "echo started; /bin/busybox sleep 4; echo done > $out" ];
+    args = [ "-c" "echo started; /bin/busybox sleep 12; echo done > $out" ];
   };
 }
 "#;
@@ -53,6 +54,11 @@ fn status_lists_the_leader_and_what_each_worker_builds() {
         "{running}"
     );
     assert_eq!(running["attempt"], 1, "{running}");
+    // The dashboard, as a browser renders it, lists the workers and the step being built.
+    let dom = browser_dom(&format!("{}/", farm.kiln.base));
+    assert!(dom.contains("Leading coordinator"), "{dom}");
+    assert!(dom.contains("local-0") && dom.contains("local-1"), "{dom}");
+    assert!(dom.contains("-slow.drv"), "{dom}");
     let eval = farm.wait_builds(id);
     assert_eq!(TestFarm::statuses(&eval)["slow"], "succeeded");
     let status = farm.get("/api/v1/status");
@@ -67,4 +73,31 @@ fn status_lists_the_leader_and_what_each_worker_builds() {
     // The OpenAPI document describes the endpoint.
     let doc = farm.get("/api/v1/openapi.json");
     assert!(doc["paths"]["/api/v1/status"]["get"].is_object());
+}
+
+/// The DOM of `url` after headless Chromium loaded it.
+fn browser_dom(url: &str) -> String {
+    let profile = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--dump-dom",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg(url)
+        .output()
+        .expect("run chromium (install it with `scripts/install-deps test`)");
+    assert!(
+        out.status.success(),
+        "chromium failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }

@@ -64,9 +64,35 @@ async fn index(State(state): State<FarmState>) -> Result<Response, ApiError> {
         let jobsets = projects::list_jobsets(&state.db, project.id).await?;
         rows.push((project, jobsets));
     }
+    let farm = state.status.status().await;
     Ok(page(
         "Projects",
         html! {
+            h2 { "Workers" }
+            @if !farm.live {
+                p { "Live state unavailable (Redis cannot be reached); builds go on." }
+            }
+            p {
+                "Leading coordinator: "
+                (farm.coordinator_leader.as_deref().unwrap_or("none"))
+            }
+            table {
+                tr { th { "worker" } th { "systems" } th { "features" } th { "slots" } th { "building" } }
+                @for w in &farm.workers {
+                    tr {
+                        td { (w.name) }
+                        td { (w.systems.join(" ")) }
+                        td { (w.features.join(" ")) }
+                        td { (w.slots) }
+                        td {
+                            @for r in &w.running {
+                                code { (r.drv_path.rsplit('/').next().unwrap_or(&r.drv_path)) } " "
+                            }
+                        }
+                    }
+                }
+            }
+            h2 { "Projects" }
             @if rows.is_empty() {
                 p { "No projects yet: declare them in the config file or create them with "
                     code { "PUT /api/v1/projects/{p}/jobsets/{j}" } "." }
