@@ -1,14 +1,15 @@
-//! Dispatch and results against a real SQLite database: results apply once, failures reach the
-//! dependents, transient failures are retried then aborted, restarts and resumption.
+//! Dispatch and results against a real database, SQLite and PostgreSQL: results apply once,
+//! failures reach the dependents, transient failures are retried then aborted, restarts and
+//! resumption.
 
 mod support;
 
+use kiln_db::testing::Backend;
 use kiln_proto::{BuildMetric, StepStatus};
 use support::{Farm, result, settings};
 
-#[tokio::test]
-async fn the_same_result_twice_is_applied_once() {
-    let mut farm = Farm::new(2).await;
+async fn the_same_result_twice_is_applied_once(backend: Backend) {
+    let mut farm = Farm::new(backend, 2).await;
     let leaf = farm.drv("leaf", &[]);
     let (_, ingested) = farm.evaluate(&[("leaf", &leaf)]).await;
     let build = ingested.queued_builds[0];
@@ -44,9 +45,8 @@ async fn the_same_result_twice_is_applied_once() {
     assert_eq!(farm.build_status(build).await, "succeeded");
 }
 
-#[tokio::test]
-async fn dependents_run_only_after_their_dependencies_succeed() {
-    let mut farm = Farm::new(4).await;
+async fn dependents_run_only_after_their_dependencies_succeed(backend: Backend) {
+    let mut farm = Farm::new(backend, 4).await;
     let a = farm.drv("a", &[]);
     let b = farm.drv("b", &[&a]);
     let c = farm.drv("c", &[&b]);
@@ -67,9 +67,8 @@ async fn dependents_run_only_after_their_dependencies_succeed() {
     );
 }
 
-#[tokio::test]
-async fn a_failed_dependency_marks_dependents_dependency_failed() {
-    let mut farm = Farm::new(4).await;
+async fn a_failed_dependency_marks_dependents_dependency_failed(backend: Backend) {
+    let mut farm = Farm::new(backend, 4).await;
     let a = farm.drv("a", &[]);
     let b = farm.drv("b", &[&a]);
     let other = farm.drv("other", &[]);
@@ -93,9 +92,8 @@ async fn a_failed_dependency_marks_dependents_dependency_failed() {
     assert_eq!(farm.step_state(&b).await.0, "dependency-failed");
 }
 
-#[tokio::test]
-async fn failed_with_output_and_timeouts_keep_their_status() {
-    let mut farm = Farm::new(4).await;
+async fn failed_with_output_and_timeouts_keep_their_status(backend: Backend) {
+    let mut farm = Farm::new(backend, 4).await;
     let x = farm.drv("x", &[]);
     let y = farm.drv("y", &[]);
     let (_, ingested) = farm.evaluate(&[("x", &x), ("y", &y)]).await;
@@ -112,9 +110,8 @@ async fn failed_with_output_and_timeouts_keep_their_status() {
     assert_eq!(statuses["y"], "timed-out");
 }
 
-#[tokio::test]
-async fn transient_failures_are_retried_then_aborted() {
-    let mut farm = Farm::new(1).await;
+async fn transient_failures_are_retried_then_aborted(backend: Backend) {
+    let mut farm = Farm::new(backend, 1).await;
     let flaky = farm.drv("flaky", &[]);
     let (_, ingested) = farm.evaluate(&[("flaky", &flaky)]).await;
     let build = ingested.queued_builds[0];
@@ -133,9 +130,8 @@ async fn transient_failures_are_retried_then_aborted() {
     assert_eq!(farm.build_status(build).await, "aborted");
 }
 
-#[tokio::test]
-async fn a_failure_is_cached_until_the_build_is_restarted() {
-    let mut farm = Farm::new(1).await;
+async fn a_failure_is_cached_until_the_build_is_restarted(backend: Backend) {
+    let mut farm = Farm::new(backend, 1).await;
     let bad = farm.drv("bad", &[]);
     let (_, first) = farm.evaluate(&[("bad", &bad)]).await;
     let messages = farm.dispatch().await;
@@ -179,9 +175,10 @@ async fn a_failure_is_cached_until_the_build_is_restarted() {
     assert!(farm.dispatch().await.is_empty());
 }
 
-#[tokio::test]
-async fn after_a_restart_running_steps_are_dispatched_again_and_old_results_are_stale() {
-    let mut farm = Farm::new(1).await;
+async fn after_a_restart_running_steps_are_dispatched_again_and_old_results_are_stale(
+    backend: Backend,
+) {
+    let mut farm = Farm::new(backend, 1).await;
     let a = farm.drv("a", &[]);
     let b = farm.drv("b", &[&a]);
     let (_, ingested) = farm.evaluate(&[("b", &b)]).await;
@@ -213,9 +210,8 @@ async fn after_a_restart_running_steps_are_dispatched_again_and_old_results_are_
     );
 }
 
-#[tokio::test]
-async fn a_step_no_worker_can_build_ends_unsupported() {
-    let mut farm = Farm::new(1).await;
+async fn a_step_no_worker_can_build_ends_unsupported(backend: Backend) {
+    let mut farm = Farm::new(backend, 1).await;
     let odd = farm.drv_for("odd", &[], "riscv64-none", &[]);
     let needs_kvm = farm.drv_for("vm-test", &[], support::SYSTEM, &["kvm"]);
     let fine = farm.drv("fine", &[]);
@@ -231,9 +227,8 @@ async fn a_step_no_worker_can_build_ends_unsupported() {
     assert_eq!(statuses["fine"], "running");
 }
 
-#[tokio::test]
-async fn steps_are_shared_between_builds_and_evaluations() {
-    let mut farm = Farm::new(4).await;
+async fn steps_are_shared_between_builds_and_evaluations(backend: Backend) {
+    let mut farm = Farm::new(backend, 4).await;
     let base = farm.drv("base", &[]);
     let left = farm.drv("left", &[&base]);
     let right = farm.drv("right", &[&base]);
@@ -264,9 +259,8 @@ async fn steps_are_shared_between_builds_and_evaluations() {
     assert_eq!(steps, 3);
 }
 
-#[tokio::test]
-async fn the_window_keeps_the_backlog_in_the_coordinator() {
-    let mut farm = Farm::new(2).await;
+async fn the_window_keeps_the_backlog_in_the_coordinator(backend: Backend) {
+    let mut farm = Farm::new(backend, 2).await;
     let jobs: Vec<_> = (0..5).map(|i| farm.drv(&format!("j{i}"), &[])).collect();
     let named: Vec<(String, &support::Drv)> = jobs
         .iter()
@@ -302,9 +296,8 @@ async fn builds_by_job(
     out
 }
 
-#[tokio::test]
-async fn old_evaluations_are_deleted_only_once_their_builds_finished() {
-    let mut farm = Farm::new(1).await;
+async fn old_evaluations_are_deleted_only_once_their_builds_finished(backend: Backend) {
+    let mut farm = Farm::new(backend, 1).await;
     let one = farm.drv("one", &[]);
     let (first, _) = farm.evaluate(&[("one", &one)]).await;
     let (second, _) = farm.evaluate(&[("one", &one)]).await;
@@ -326,3 +319,17 @@ async fn old_evaluations_are_deleted_only_once_their_builds_finished() {
     // 0 keeps everything.
     assert_eq!(evals::prune(&farm.db, farm.jobset, 0).await.unwrap(), 0);
 }
+
+kiln_db::both_backends!(
+    the_same_result_twice_is_applied_once,
+    dependents_run_only_after_their_dependencies_succeed,
+    a_failed_dependency_marks_dependents_dependency_failed,
+    failed_with_output_and_timeouts_keep_their_status,
+    transient_failures_are_retried_then_aborted,
+    a_failure_is_cached_until_the_build_is_restarted,
+    after_a_restart_running_steps_are_dispatched_again_and_old_results_are_stale,
+    a_step_no_worker_can_build_ends_unsupported,
+    steps_are_shared_between_builds_and_evaluations,
+    the_window_keeps_the_backlog_in_the_coordinator,
+    old_evaluations_are_deleted_only_once_their_builds_finished,
+);

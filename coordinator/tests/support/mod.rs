@@ -1,4 +1,4 @@
-//! A coordinator on a real SQLite database with scripted derivations and an in-process bus, for
+//! A coordinator on a real database (SQLite or PostgreSQL) with scripted derivations and an in-process bus, for
 //! tests of ingest, dispatch and result handling without Nix.
 
 #![allow(dead_code)]
@@ -16,6 +16,7 @@ use kiln_coordinator::ingest::{self, DrvReader, Evaluated, IngestJob, Ingested, 
 use kiln_coordinator::logs::FileLogs;
 use kiln_coordinator::workers::StaticPool;
 use kiln_coordinator::{DispatchSettings, Dispatcher};
+use kiln_db::testing::{Backend, TestDb};
 use kiln_db::{BuildId, CacheId, Db, EvaluationId, JobsetId};
 use kiln_nix::derivation::{Derivation, DerivationOutput};
 use kiln_nix::{Hash, StoreDir, StorePath};
@@ -66,50 +67,14 @@ pub struct Drv {
 /// A coordinator's database, bus and dispatcher.
 pub struct Farm {
     pub dir: tempfile::TempDir,
-    pub db: Db,
     pub bus: MemoryBus,
     pub drvs: Arc<Drvs>,
     pub uploads: Arc<Uploads>,
     pub jobset: JobsetId,
     pub dispatcher: Dispatcher,
     pub steps: Box<dyn Consumer>,
-}
-
-/// A fresh database: SQLite in `dir`, or, when `KILN_TEST_POSTGRES_URL` names a PostgreSQL
-/// server (`postgres://user@host:port/db`), a new database on it.
-pub async fn test_database(dir: &tempfile::TempDir) -> Db {
-    match std::env::var("KILN_TEST_POSTGRES_URL") {
-        Ok(admin_url) if !admin_url.is_empty() => {
-            let admin = Db::connect(&admin_url).await.unwrap();
-            let name = format!(
-                "kiln_test_{}",
-                dir.path()
-                    .file_name()
-                    .unwrap()
-                    .to_string_lossy()
-                    .to_lowercase()
-                    .replace(|c: char| !c.is_ascii_alphanumeric(), "_")
-            );
-            sqlx::query(&format!("CREATE DATABASE {name}"))
-                .execute(admin.pool())
-                .await
-                .unwrap();
-            admin.close().await;
-            let (base, query) = admin_url
-                .split_once('?')
-                .map_or((admin_url.as_str(), None), |(b, q)| (b, Some(q)));
-            let base = &base[..base.rfind('/').unwrap()];
-            let url = match query {
-                Some(q) => format!("{base}/{name}?{q}"),
-                None => format!("{base}/{name}"),
-            };
-            Db::connect(&url).await.unwrap()
-        }
-        _ => {
-            let url = format!("sqlite://{}", dir.path().join("kiln.sqlite").display());
-            Db::connect(&url).await.unwrap()
-        }
-    }
+    /// Last, so that it is dropped after the dispatcher using it.
+    pub db: TestDb,
 }
 
 pub fn settings() -> DispatchSettings {
@@ -126,11 +91,10 @@ pub fn settings() -> DispatchSettings {
 }
 
 impl Farm {
-    /// A farm with `slots` build slots for [`SYSTEM`].
-    pub async fn new(slots: u32) -> Farm {
+    /// A farm on `backend` with `slots` build slots for [`SYSTEM`].
+    pub async fn new(backend: Backend, slots: u32) -> Farm {
         let dir = tempfile::tempdir().unwrap();
-        let db = test_database(&dir).await;
-        db.migrate().await.unwrap();
+        let db = TestDb::migrated(backend).await;
         let project = projects::upsert_project(&db, "p", "", true, projects::Source::Api)
             .await
             .unwrap();
@@ -158,13 +122,13 @@ impl Farm {
         let dispatcher = Farm::dispatcher_on(&db, &bus, &dir, slots, settings());
         Farm {
             dir,
-            db,
             bus,
             drvs: Arc::default(),
             uploads: Arc::default(),
             jobset,
             dispatcher,
             steps,
+            db,
         }
     }
 
