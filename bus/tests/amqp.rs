@@ -203,6 +203,42 @@ async fn prefetch_bounds_unsettled_deliveries_across_queues() {
 }
 
 #[tokio::test]
+async fn a_pulling_consumer_hears_of_new_steps_without_waiting_for_its_poll() {
+    let mut queues = Queues::new();
+    let (a, b) = (queues.step(), queues.step());
+    // Idle polls at most once a minute: only the publisher's notice can wake it sooner.
+    let slow = AmqpOptions {
+        poll_interval: Duration::from_secs(60),
+        ..options()
+    };
+    let worker = AmqpBus::connect(&url(), slow).await.unwrap();
+    let mut consumer = worker
+        .consume(&[a.clone(), b.clone()], 1, "idle worker")
+        .await
+        .unwrap();
+    // One wait for a delivery, begun now: its idle pauses grow (50 ms, 100 ms, … 6.4 s), so
+    // without a notice its next poll after the publish below comes at about 12.7 s.
+    let waiting = tokio::spawn(async move {
+        let delivery = consumer.next().await.unwrap();
+        (delivery, tokio::time::Instant::now(), consumer)
+    });
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let publisher = bus().await;
+    let published = tokio::time::Instant::now();
+    publisher.publish(&b, b"wake".to_vec()).await.unwrap();
+    let (delivery, received, _consumer) = waiting.await.unwrap();
+    assert!(
+        received - published < Duration::from_secs(3),
+        "the notice should wake the consumer before its next poll; it took {:?}",
+        received - published
+    );
+    assert_eq!(delivery.body, b"wake");
+    delivery.ack().await.unwrap();
+    publisher.close().await;
+    worker.close().await;
+}
+
+#[tokio::test]
 async fn prefetch_bounds_a_single_queue_consumer() {
     let mut queues = Queues::new();
     let queue = queues.plain();

@@ -17,7 +17,7 @@ use lapin::{Acker, Channel};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::{CONTROL_EXCHANGE, Link, Shared, broker};
+use super::{CONTROL_EXCHANGE, Link, READY_EXCHANGE, Shared, broker};
 use crate::{BusError, Consumer, Delivery, QueueName, Settle, Subscription};
 
 /// Settles the deliveries of one consumer, across the channels it goes through.
@@ -108,6 +108,8 @@ struct Session {
     channel: Channel,
     /// The pushed deliveries of a one-queue consumer; `None` for a pulling consumer.
     pushed: Option<lapin::Consumer>,
+    /// A pulling consumer's notices of new step messages ([`READY_EXCHANGE`]).
+    ready: Option<lapin::Consumer>,
     /// The queue a pulling consumer looks at first next time, so no queue starves the others.
     next_queue: usize,
     /// Current pause between polls of idle queues.
@@ -179,6 +181,7 @@ impl AmqpConsumer {
         for queue in &self.queues {
             self.shared.declare(link, &channel, queue).await?;
         }
+        let mut ready = None;
         let pushed = if let [queue] = self.queues.as_slice() {
             let prefetch = u16::try_from(self.prefetch).unwrap_or(u16::MAX);
             channel
@@ -195,12 +198,51 @@ impl AmqpConsumer {
                     .await?,
             )
         } else {
+            if self.queues.iter().any(QueueName::is_step_queue) {
+                self.shared
+                    .declare_fanout(link, &channel, READY_EXCHANGE)
+                    .await?;
+                let notices = channel
+                    .queue_declare(
+                        "".into(),
+                        QueueDeclareOptions {
+                            exclusive: true,
+                            auto_delete: true,
+                            ..QueueDeclareOptions::default()
+                        },
+                        FieldTable::default(),
+                    )
+                    .await?;
+                channel
+                    .queue_bind(
+                        notices.name().as_str().into(),
+                        READY_EXCHANGE.into(),
+                        "".into(),
+                        QueueBindOptions::default(),
+                        FieldTable::default(),
+                    )
+                    .await?;
+                ready = Some(
+                    channel
+                        .basic_consume(
+                            notices.name().as_str().into(),
+                            format!("{}-ready", self.name).as_str().into(),
+                            BasicConsumeOptions {
+                                no_ack: true,
+                                ..BasicConsumeOptions::default()
+                            },
+                            FieldTable::default(),
+                        )
+                        .await?,
+                );
+            }
             None
         };
         tracing::info!(consumer = %self.name, queues = self.queues.len(), prefetch = self.prefetch, "consuming");
         Ok(Session {
             channel,
             pushed,
+            ready,
             next_queue: 0,
             idle: Duration::ZERO,
         })
@@ -313,9 +355,32 @@ impl Consumer for AmqpConsumer {
                     session.idle = (session.idle * 2)
                         .clamp(Duration::from_millis(50), self.shared.options.poll_interval);
                     let idle = session.idle;
+                    let queues = &self.queues;
+                    let notice = async {
+                        match session.ready.as_mut() {
+                            // Only notices for a queue this consumer reads end the wait.
+                            Some(ready) => loop {
+                                match ready.next().await {
+                                    Some(Ok(notice)) => {
+                                        if queues
+                                            .iter()
+                                            .any(|q| q.as_str().as_bytes() == notice.data)
+                                        {
+                                            session.idle = Duration::ZERO;
+                                            break;
+                                        }
+                                    }
+                                    // The channel failed: the next poll finds out and reopens.
+                                    Some(Err(_)) | None => std::future::pending::<()>().await,
+                                }
+                            },
+                            None => std::future::pending().await,
+                        }
+                    };
                     tokio::select! {
                         _ = closed.cancelled() => return None,
                         () = tokio::time::sleep(idle) => {}
+                        () = notice => {}
                     }
                 }
                 Err(err) => self.reset(err),

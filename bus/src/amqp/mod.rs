@@ -22,7 +22,11 @@
 //! consumer of several queues pulls (`basic.get`, round robin over its queues) only while it has
 //! fewer than `prefetch` unsettled deliveries, polling idle queues with a backoff capped at
 //! [`AmqpOptions::poll_interval`]. Either way a worker never holds more messages than it has
-//! slots, so no step waits in one worker's buffer while another worker is idle.
+//! slots, so no step waits in one worker's buffer while another worker is idle. So that pulling
+//! does not add the polling delay to every step, each publish to a step queue is followed by a
+//! transient notice on the fanout exchange [`READY_EXCHANGE`] naming the queue; a pulling
+//! consumer that serves the queue polls as soon as it hears it. A lost notice costs at most one
+//! poll interval.
 //!
 //! Broker configuration: builds can run for hours with their message unacknowledged, and
 //! RabbitMQ closes a channel whose delivery stays unacknowledged longer than its global
@@ -57,6 +61,10 @@ mod consume;
 
 /// The fanout exchange of [`Bus::broadcast`].
 pub const CONTROL_EXCHANGE: &str = "kiln.control";
+
+/// The fanout exchange that announces new step messages (the body names the queue) so that
+/// pulling consumers poll at once instead of at their next idle poll.
+pub const READY_EXCHANGE: &str = "kiln.ready";
 
 /// AMQP `delivery_mode` of a message written to disk.
 const PERSISTENT: u8 = 2;
@@ -319,13 +327,22 @@ impl Shared {
         link: &Link,
         channel: &Channel,
     ) -> lapin::Result<()> {
-        let key = format!("exchange {CONTROL_EXCHANGE}");
+        self.declare_fanout(link, channel, CONTROL_EXCHANGE).await
+    }
+
+    pub(super) async fn declare_fanout(
+        &self,
+        link: &Link,
+        channel: &Channel,
+        exchange: &str,
+    ) -> lapin::Result<()> {
+        let key = format!("exchange {exchange}");
         if link.declared().contains(&key) {
             return Ok(());
         }
         channel
             .exchange_declare(
-                CONTROL_EXCHANGE.into(),
+                exchange.into(),
                 ExchangeKind::Fanout,
                 ExchangeDeclareOptions {
                     durable: true,
@@ -411,6 +428,38 @@ impl Shared {
     }
 }
 
+impl Shared {
+    /// Tells pulling consumers that `queue` has a new message; best effort (a lost notice
+    /// costs a poll interval), so failures are only logged.
+    async fn announce(&self, queue: &QueueName) {
+        let Ok(link) = self
+            .link(Some(Instant::now() + Duration::from_secs(1)))
+            .await
+        else {
+            return;
+        };
+        let sent = async {
+            self.declare_fanout(&link, &link.publish, READY_EXCHANGE)
+                .await?;
+            // Not awaited for its confirm: the notice is transient.
+            let _confirm = link
+                .publish
+                .basic_publish(
+                    READY_EXCHANGE.into(),
+                    "".into(),
+                    BasicPublishOptions::default(),
+                    queue.as_str().as_bytes(),
+                    BasicProperties::default(),
+                )
+                .await?;
+            lapin::Result::Ok(())
+        };
+        if let Err(err) = sent.await {
+            tracing::debug!(%queue, error = %err, "cannot announce a step message");
+        }
+    }
+}
+
 /// Arguments of every queue Kiln declares.
 fn quorum() -> FieldTable {
     let mut arguments = FieldTable::default();
@@ -424,7 +473,11 @@ fn quorum() -> FieldTable {
 #[async_trait]
 impl Bus for AmqpBus {
     async fn publish(&self, queue: &QueueName, body: Vec<u8>) -> Result<(), BusError> {
-        self.shared.publish("", Some(queue), &body).await
+        self.shared.publish("", Some(queue), &body).await?;
+        if queue.is_step_queue() {
+            self.shared.announce(queue).await;
+        }
+        Ok(())
     }
 
     async fn consume(
