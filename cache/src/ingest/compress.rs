@@ -23,7 +23,7 @@ const ZSTD_JOB_SIZE: u32 = 1 << 20;
 
 /// How much of the input before a job each zstd worker reads again as its history, as a log2
 /// fraction of the window: 4 is 1/32 (64 KiB at level 3). zstd's default for fast levels is 6
-/// (1/8, 256 KiB), which with 1 MiB jobs made every byte's share of history loading cost 13 %
+/// (1/8, 256 KiB), which with 1 MiB jobs made the history loading cost 15 %
 /// more instructions than compressing in 8 MiB jobs; with 4 the count is within 1 % of that and
 /// the output 0.03 % larger (measured with `zstd -T2 -3 -B1MiB --zstd=ovlog=N` under callgrind
 /// on 40 MB from /usr; on bench/cache_ingest.sh's 1 GiB NAR the output grew by 0.7 %).
