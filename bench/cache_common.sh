@@ -15,7 +15,9 @@
 # not the server, is the bottleneck.
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-kiln=$repo/target/release/kiln
+# KILN=PATH measures that binary instead of building this checkout (e.g. a copy of an earlier
+# build, to compare before and after a change in the same run conditions).
+kiln=${KILN:-$repo/target/release/kiln}
 
 # PIDs this script started, stopped on exit (newest first).
 bench_pids=()
@@ -65,6 +67,10 @@ need_tools() {
 }
 
 build_kiln() {
+    if [ -n "${KILN:-}" ]; then
+        echo "measuring $KILN" >&2
+        return 0
+    fi
     echo "building kiln (release)..." >&2
     cargo build --release --quiet --manifest-path "$repo/Cargo.toml" --bin kiln
 }

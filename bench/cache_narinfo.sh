@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # narinfo GETs per second: Kiln's cache against nginx serving the same narinfo files from disk.
 #
-# Builds kiln (release), builds N small input-addressed paths (each referring to two earlier ones)
-# in a throw-away chroot store, starts `kiln up` on a fresh data directory and pushes them with
+# Builds kiln (release), adds N small store paths (text files, each referring to two earlier
+# ones, written by `builtins.toFile`: nothing to build) to a throw-away chroot store, starts
+# `kiln up` on a fresh data directory and pushes them with
 # `nix copy --to '<cache>?compression=zstd'` and a push token. Kiln's storage directory is a
 # static binary cache; nginx serves that directory (the very narinfo files Kiln wrote) under the
 # same URLs. Both must answer every narinfo with the same bytes. Then wrk, keep-alive, the same
 # threads/connections/duration for both, alternating Kiln and nginx, best of RUNS:
-#   - spread: every request in turn over all N narinfos (bench/wrk_urls.lua);
+#   - spread: all N narinfos in a shuffled order (fixed seed), each wrk thread starting at
+#     another place in it (bench/wrk_urls.lua), so consecutive requests name different paths;
 #   - hot:    one narinfo over and over.
 # Prints requests/s for each and the ratio kiln/nginx.
 #
@@ -17,40 +19,37 @@
 # it does not). Processes are stopped by PID and the work directory removed on exit (KEEP=1
 # keeps it).
 #
-#   bench/cache_narinfo.sh [N=500]
+#   bench/cache_narinfo.sh [N=5000]
 #   env: RUNS=3 SECONDS_PER_RUN=10 THREADS=2 CONNECTIONS=64 NICE= PIN=0 SERVER_CPUS=1 CLIENT_CPUS=0
 set -euo pipefail
 source "$(dirname "$0")/cache_common.sh"
 
-count=${1:-500}
+count=${1:-5000}
 runs=${RUNS:-3}
 seconds=${SECONDS_PER_RUN:-10}
 threads=${THREADS:-2}
 connections=${CONNECTIONS:-64}
-nix_opts=(--option substituters '' --option sandbox true
-    --option sandbox-paths "/bin/sh=/bin/busybox /bin/busybox")
+nix_opts=(--option substituters '')
 
 need_tools nginx:nginx-light wrk:wrk taskset:util-linux curl:curl
 build_kiln
 bench_workdir narinfo
 work=$bench_work
 
-echo "building $count paths in a chroot store..." >&2
+echo "adding $count paths to a chroot store..." >&2
 store=$work/store
 cat >"$work/paths.nix" <<EOF
 let
-  mk = i: derivation {
-    name = "bench-narinfo-\${toString i}";
-    system = builtins.currentSystem;
-    builder = "/bin/sh";
-    args = [ "-c" "echo path \${toString i} \$deps > \$out" ];
-    deps = if i == 0 then "" else toString [ (builtins.elemAt drvs (i / 2)) (builtins.elemAt drvs (i / 3)) ];
-  };
-  drvs = builtins.genList mk $count;
-in drvs
+  mk = i: builtins.toFile "bench-narinfo-\${toString i}"
+    (if i == 0 then "path 0"
+     else "path \${toString i} \${builtins.elemAt files (i / 2)} \${builtins.elemAt files (i / 3)}");
+  files = builtins.genList mk $count;
+in files
 EOF
-nix-build "${nix_opts[@]}" --store "$store" --max-jobs 4 --no-out-link "$work/paths.nix" \
-    >"$work/outs" 2>"$work/build.log" || { tail -20 "$work/build.log" >&2; exit 1; }
+nix-instantiate "${nix_opts[@]}" --store "$store" --eval --strict --json --read-write-mode \
+    "$work/paths.nix" \
+    2>"$work/build.log" | python3 -c 'import json, sys; print("\n".join(json.load(sys.stdin)))' \
+    >"$work/outs" || { tail -20 "$work/build.log" >&2; exit 1; }
 
 start_kiln "$work/kiln"
 token=$(push_token)
@@ -62,23 +61,34 @@ XDG_CACHE_HOME=$work/xdg nix copy "${nix_opts[@]}" --extra-experimental-features
     || { tail -20 "$work/copy.log" >&2; exit 1; }
 
 cache_dir=$kiln_data/cache
-(cd "$cache_dir/main" && ls -- *.narinfo) | sed 's|^|/cache/main/|' >"$work/urls"
+# Shuffled with a fixed seed, so that every run requests the paths in the same order.
+(cd "$cache_dir/main" && ls -- *.narinfo) | sed 's|^|/cache/main/|' \
+    | shuf --random-source=<(yes kiln) >"$work/urls"
 n=$(wc -l <"$work/urls")
 [ "$n" -eq "$count" ] || { echo "expected $count narinfo files in $cache_dir/main, found $n" >&2; exit 1; }
 
 start_nginx "$cache_dir"
 
 echo "checking that both serve the same $n narinfos..." >&2
-mkdir -p "$work/check"
-while read -r url; do
-    curl -sf -o "$work/check/kiln" "$kiln_base$url"
-    curl -sf -o "$work/check/nginx" "$nginx_base$url"
-    cmp -s "$work/check/kiln" "$work/check/nginx" || {
-        echo "$url differs between kiln and nginx" >&2
-        diff "$work/check/kiln" "$work/check/nginx" >&2 || true
-        exit 1
-    }
-done <"$work/urls"
+# One keep-alive connection to each server: a curl per request would take minutes for thousands.
+python3 - "$kiln_base" "$nginx_base" "$work/urls" <<'PY'
+import http.client, sys, urllib.parse
+def connect(base):
+    u = urllib.parse.urlsplit(base)
+    return http.client.HTTPConnection(u.hostname, u.port, timeout=30)
+kiln, nginx = connect(sys.argv[1]), connect(sys.argv[2])
+def get(conn, url):
+    conn.request("GET", url)
+    r = conn.getresponse()
+    body = r.read()
+    if r.status != 200:
+        sys.exit(f"{url}: answered {r.status}")
+    return body
+for url in open(sys.argv[3]).read().split():
+    a, b = get(kiln, url), get(nginx, url)
+    if a != b:
+        sys.exit(f"{url} differs between kiln and nginx:\n{a.decode()}\n---\n{b.decode()}")
+PY
 hot=$(sed -n "$(( (n + 1) / 2 ))p" "$work/urls")
 
 # load SECONDS PID BASE [wrk args...]: one wrk run against the server PID listening at BASE;

@@ -11,6 +11,7 @@
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 work=$(mktemp -d "${TMPDIR:-/var/tmp}/kiln-p2d.XXXXXX")
+chmod a+x "$work" # the services run PostgreSQL as the postgres user
 . "$repo/bench/farm_lib.sh"
 n=${1:-500}
 svc=$work/services

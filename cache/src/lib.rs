@@ -15,6 +15,7 @@ pub mod http;
 pub mod index;
 pub mod ingest;
 pub mod layout;
+pub mod narinfos;
 pub mod service;
 pub mod storage;
 pub mod tokens;

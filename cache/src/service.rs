@@ -2,6 +2,7 @@
 //! and the admin commands.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use kiln_config::{Config, StorageConfig};
 use kiln_db::Db;
@@ -9,6 +10,8 @@ use kiln_db::Db;
 use crate::access::AccessLog;
 use crate::caches::{self, CacheRecord, DEFAULT_CACHE, NewCache};
 use crate::error::CacheError;
+use crate::index;
+use crate::narinfos::{self, NarinfoCache, ServedNarinfo};
 use crate::storage::{BlobStore, LocalStore, S3Options, S3Store};
 use crate::tokens::{self, Permission};
 
@@ -28,6 +31,10 @@ pub struct Settings {
     /// Base URL clients reach the server at, without trailing `/`; `None` to use the request's
     /// `Host` header.
     pub public_url: Option<String>,
+    /// How long a narinfo read from the index is served from memory ([`crate::narinfos`]), and
+    /// how long a collection that deleted paths waits before it deletes their objects, so that
+    /// no process still serves them from memory. Zero disables the memory.
+    pub narinfo_ttl: Duration,
 }
 
 impl Settings {
@@ -47,6 +54,7 @@ impl Settings {
                 .public_url
                 .as_ref()
                 .map(|u| u.trim_end_matches('/').to_owned()),
+            narinfo_ttl: narinfos::DEFAULT_TTL,
         }
     }
 }
@@ -95,6 +103,7 @@ struct Inner {
     store: Arc<dyn BlobStore>,
     settings: Settings,
     access: AccessLog,
+    narinfos: NarinfoCache,
 }
 
 /// Everything a cache operation needs. Cheap to clone; this is the HTTP router's state.
@@ -115,12 +124,14 @@ impl std::fmt::Debug for CacheService {
 impl CacheService {
     /// A service over an opened (and migrated) database and store.
     pub fn new(db: Db, store: Arc<dyn BlobStore>, settings: Settings) -> CacheService {
+        let narinfos = NarinfoCache::new(settings.narinfo_ttl, narinfos::DEFAULT_MAX_BYTES);
         CacheService {
             inner: Arc::new(Inner {
                 db,
                 store,
                 settings,
                 access: AccessLog::default(),
+                narinfos,
             }),
         }
     }
@@ -143,6 +154,43 @@ impl CacheService {
     /// Reads of paths not yet written to the index; `kiln up` runs its flusher.
     pub fn access_log(&self) -> &AccessLog {
         &self.inner.access
+    }
+
+    /// Narinfos recently served by this process (see [`crate::narinfos`]).
+    pub fn narinfos(&self) -> &NarinfoCache {
+        &self.inner.narinfos
+    }
+
+    /// What a narinfo GET of `hash_part` in the cache named `cache_name` serves: from memory if
+    /// it was read from the index moments ago, else from the index. `None` if there is no such
+    /// cache; the narinfo is `None` if the cache does not serve the path. The caller still has
+    /// to authorize the request against the returned cache.
+    pub async fn find_narinfo(
+        &self,
+        cache_name: &str,
+        hash_part: &str,
+    ) -> Result<Option<(Arc<CacheRecord>, Option<ServedNarinfo>)>, CacheError> {
+        if let Some(served) = self.narinfos().get(cache_name, hash_part) {
+            return Ok(Some((served.cache.clone(), Some(served))));
+        }
+        let ticket = self.narinfos().ticket();
+        let Some((cache, path)) =
+            index::find_cache_and_path(self.db(), cache_name, hash_part).await?
+        else {
+            return Ok(None);
+        };
+        let cache = Arc::new(cache);
+        let Some(path) = path else {
+            return Ok(Some((cache, None)));
+        };
+        let served = ServedNarinfo {
+            cache: cache.clone(),
+            path: path.id,
+            text: path.narinfo.to_string().into(),
+        };
+        self.narinfos()
+            .insert(ticket, cache_name, hash_part, served.clone());
+        Ok(Some((cache, Some(served))))
     }
 
     /// Creates the default cache (`main`, public) unless it exists; returns it and whether it

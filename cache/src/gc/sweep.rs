@@ -384,6 +384,14 @@ pub async fn collect(
         mut report,
         narinfos,
     } = decide(service, cache, policy, &listing, now, dry_run).await?;
+    if !dry_run {
+        // The rows are gone; before any object goes, stop serving what this process remembers,
+        // and let what other processes remember expire (see `crate::narinfos`).
+        service.narinfos().clear();
+        if report.paths_deleted > 0 {
+            tokio::time::sleep(service.settings().narinfo_ttl).await;
+        }
+    }
 
     let stale_staging: Vec<&Listed> = listing
         .staging

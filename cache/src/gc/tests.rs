@@ -68,6 +68,8 @@ impl Fixture {
             default_priority: 30,
             key_name_prefix: "test".to_owned(),
             public_url: None,
+            // Collections that delete paths wait this long.
+            narinfo_ttl: Duration::from_secs(1),
         };
         let service = CacheService::new(db.db().clone(), Arc::new(store), settings);
         let (cache, _) = service.ensure_default_cache().await.unwrap();
@@ -596,6 +598,84 @@ async fn stray_narinfo_objects_are_removed(backend: Backend) {
     assert!(!f.object(&format!("{}.narinfo", stray.hash_part())).exists());
 }
 
+/// Whether a narinfo GET of `path` would serve it now (through the in-memory cache).
+async fn get_serves(f: &Fixture, path: &StorePath) -> bool {
+    let (_, served) = f
+        .service
+        .find_narinfo("main", &path.hash_part())
+        .await
+        .unwrap()
+        .expect("the cache exists");
+    served.is_some()
+}
+
+async fn a_collected_path_is_no_longer_served_from_memory(backend: Backend) {
+    let f = Fixture::new(backend).await;
+    let gone = f.publish("gone", &[]).await;
+    f.age_everything().await;
+    assert!(get_serves(&f, &gone).await);
+    assert!(
+        f.service
+            .narinfos()
+            .get("main", &gone.hash_part())
+            .is_some(),
+        "the first read keeps the narinfo in memory"
+    );
+    f.gc(&expire_all()).await;
+    assert!(
+        f.service.narinfos().is_empty(),
+        "the collection forgot what was in memory"
+    );
+    f.assert_gone("gone").await;
+    assert!(!get_serves(&f, &gone).await, "served after its deletion");
+}
+
+async fn a_dry_run_keeps_serving_from_memory(backend: Backend) {
+    let f = Fixture::new(backend).await;
+    let kept = f.publish("kept", &[]).await;
+    f.age_everything().await;
+    assert!(get_serves(&f, &kept).await);
+    collect(&f.service, &f.cache, &expire_all(), true)
+        .await
+        .unwrap();
+    assert!(get_serves(&f, &kept).await);
+}
+
+async fn an_upload_after_a_miss_is_served_at_once(backend: Backend) {
+    let f = Fixture::new(backend).await;
+    let later = path("later");
+    assert!(!get_serves(&f, &later).await, "not uploaded yet");
+    f.publish("later", &[]).await;
+    assert!(
+        get_serves(&f, &later).await,
+        "a miss must not be remembered"
+    );
+}
+
+async fn a_path_collected_and_published_again_is_served_as_published(backend: Backend) {
+    let f = Fixture::new(backend).await;
+    let again = f.publish("again", &[]).await;
+    f.age_everything().await;
+    assert!(get_serves(&f, &again).await);
+    f.gc(&expire_all()).await;
+    // The same store path with another NAR (a build that is not reproducible).
+    let nar = f.upload_nar("again, rebuilt").await;
+    ingest::publish(&f.service, &f.cache, f.narinfo("again", &nar, &[]))
+        .await
+        .unwrap();
+    let (_, served) = f
+        .service
+        .find_narinfo("main", &again.hash_part())
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8(served.unwrap().text.to_vec()).unwrap();
+    assert!(
+        text.contains(&format!("URL: {}", nar.facts.file_key)),
+        "served {text}"
+    );
+}
+
 kiln_db::both_backends!(
     without_retention_nothing_served_is_deleted,
     expired_paths_go_but_closures_of_kept_paths_stay_whole,
@@ -610,4 +690,8 @@ kiln_db::both_backends!(
     a_nar_claimed_for_deletion_cannot_be_recorded_until_it_is_deleted,
     a_narinfo_object_of_a_path_published_again_is_written_back,
     stray_narinfo_objects_are_removed,
+    a_collected_path_is_no_longer_served_from_memory,
+    a_dry_run_keeps_serving_from_memory,
+    an_upload_after_a_miss_is_served_at_once,
+    a_path_collected_and_published_again_is_served_as_published,
 );

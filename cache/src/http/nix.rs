@@ -71,6 +71,22 @@ fn check_content_length(headers: &HeaderMap, limit: u64, what: &str) -> Result<(
     }
 }
 
+/// What every PUT checks before it reads its body: the request's token may push to the cache
+/// named in the URL, the body is not encoded, and the length it declares (if any) is at most
+/// `limit` bytes, `what` naming the body in the refusal.
+async fn accept_upload(
+    service: &CacheService,
+    name: &str,
+    headers: &HeaderMap,
+    limit: u64,
+    what: &str,
+) -> Result<CacheRecord, CacheError> {
+    let cache = authorized(service, name, headers, Permission::Push).await?;
+    refuse_content_encoding(headers)?;
+    check_content_length(headers, limit, what)?;
+    Ok(cache)
+}
+
 /// The hash part of `<hash>.narinfo`, checked to be a nixbase32 store path hash.
 fn narinfo_hash(file: &str) -> Option<&str> {
     let hash = file.strip_suffix(".narinfo")?;
@@ -95,18 +111,19 @@ pub async fn get_file(
         }
         return Err(CacheError::NotFound(format!("{file} in cache {name:?}")));
     };
-    // The hot path of every substitution: the cache and the path in one query.
-    let (cache, path) = index::find_cache_and_path(service.db(), &name, hash)
+    // The hot path of every substitution: from memory, or the cache and the path in one query.
+    let (cache, served) = service
+        .find_narinfo(&name, hash)
         .await?
         .ok_or_else(|| CacheError::NotFound(format!("cache {name:?}")))?;
     let token = token_from_headers(&headers)?;
     service
         .authorize(&cache, token.as_deref(), Permission::Read)
         .await?;
-    match path {
-        Some(path) => {
-            service.access_log().touch(path.id);
-            Ok(([(CONTENT_TYPE, NARINFO_TYPE)], path.narinfo.to_string()).into_response())
+    match served {
+        Some(served) => {
+            service.access_log().touch(served.path);
+            Ok(([(CONTENT_TYPE, NARINFO_TYPE)], served.text).into_response())
         }
         None => Err(CacheError::NotFound(format!("{file} in cache {name:?}"))),
     }
@@ -120,14 +137,19 @@ pub async fn put_file(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, CacheError> {
-    let cache = authorized(&service, &name, &headers, Permission::Push).await?;
-    refuse_content_encoding(&headers)?;
+    let cache = accept_upload(
+        &service,
+        &name,
+        &headers,
+        MAX_NARINFO_LEN as u64,
+        "the narinfo",
+    )
+    .await?;
     let Some(hash) = narinfo_hash(&file) else {
         return Err(CacheError::BadRequest(format!(
             "cannot upload {file:?}: only <hash>.narinfo files, nar/ and log/ are accepted (nix-cache-info is the cache's own)"
         )));
     };
-    check_content_length(&headers, MAX_NARINFO_LEN as u64, "the narinfo")?;
     let bytes = axum::body::to_bytes(body, MAX_NARINFO_LEN)
         .await
         .map_err(|e| CacheError::BadRequest(format!("cannot read the narinfo body: {e}")))?;
@@ -233,11 +255,9 @@ pub async fn put_nar(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, CacheError> {
-    let cache = authorized(&service, &name, &headers, Permission::Push).await?;
-    refuse_content_encoding(&headers)?;
-    let (compression, promised) = parse_nar_name(&file)?;
     let limit = service.settings().max_nar_size;
-    check_content_length(&headers, limit, "the NAR file")?;
+    let cache = accept_upload(&service, &name, &headers, limit, "the NAR file").await?;
+    let (compression, promised) = parse_nar_name(&file)?;
     let file_key = format!("nar/{file}");
     let key = cache.layout().key(&file_key)?;
     // Recorded and still stored: nothing to do. (Recorded but gone — garbage collection deleted
@@ -308,13 +328,9 @@ pub async fn put_log(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, CacheError> {
-    let cache = authorized(&service, &name, &headers, Permission::Push).await?;
-    refuse_content_encoding(&headers)?;
-    check_content_length(
-        &headers,
-        service.settings().max_log_size,
-        &format!("the log of {drv}"),
-    )?;
+    let limit = service.settings().max_log_size;
+    let what = format!("the log of {drv}");
+    let cache = accept_upload(&service, &name, &headers, limit, &what).await?;
     ingest::publish_log(&service, &cache, &drv, body_stream(body)).await?;
     Ok(StatusCode::CREATED.into_response())
 }

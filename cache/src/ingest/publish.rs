@@ -119,6 +119,10 @@ pub async fn publish(
 
     let committed = index::commit_path(db, cache.id, nar.id, &narinfo).await?;
     if let Committed::Inserted(_) = committed {
+        // Anything this process still holds for the path predates this row.
+        service
+            .narinfos()
+            .forget(&cache.name, &narinfo.store_path.hash_part());
         let key = layout.narinfo(&narinfo.store_path.hash_part())?;
         let text = Bytes::from(narinfo.to_string());
         let body: ByteStream = Box::pin(futures_util::stream::once(async move { Ok(text) }));

@@ -6,25 +6,29 @@
 //! puts are removed when the put is dropped; those of a crashed process remain and are skipped by
 //! `list` (garbage collection reaps them).
 
-use std::io::{self, SeekFrom};
-use std::os::unix::fs::MetadataExt;
+use std::io::{self, Read};
+use std::ops::Range;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use futures_util::StreamExt;
 use futures_util::stream::{self, BoxStream};
 use tokio::fs;
-use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
-use tokio_util::io::ReaderStream;
+use tokio::io::AsyncWriteExt;
+use tokio::task::JoinHandle;
 
 use super::{Blob, BlobKey, BlobMeta, BlobStore, ByteRange, ByteStream, Reaped, StoreError};
 
-/// Size of the chunks objects are read in. Each chunk is one trip to tokio's blocking pool and
-/// one write to the socket: with 64 KiB chunks that overhead made a NAR download cost 25 times
-/// the CPU of nginx's sendfile (see docs/benchmarks.md); 256 KiB keeps the memory of many
-/// concurrent downloads modest.
-const READ_CHUNK: usize = 256 * 1024;
+/// Size of the chunks objects are read in. Each chunk is one positioned read on tokio's blocking
+/// pool and one hand-off to the socket, and the next chunk is read while the previous one is
+/// sent. With 64 KiB chunks read through `tokio::fs` (which also copies each chunk once more), a
+/// NAR download cost 25 times the CPU of nginx's sendfile (docs/benchmarks.md). A download holds
+/// at most two chunks.
+const READ_CHUNK: usize = 1024 * 1024;
 
 /// Objects as files under a root directory.
 #[derive(Debug, Clone)]
@@ -133,6 +137,83 @@ async fn sync_dir(dir: &Path) -> io::Result<()> {
         .map_err(io::Error::other)?
 }
 
+/// Streams `range` of `file` in chunks of [`READ_CHUNK`], each read on tokio's blocking pool
+/// while the previous one is being sent.
+fn read_ahead(file: std::fs::File, range: Range<u64>) -> ByteStream {
+    struct Reader {
+        file: Arc<std::fs::File>,
+        /// Where the next read starts.
+        next: u64,
+        end: u64,
+        /// The read under way, if any.
+        ahead: Option<JoinHandle<io::Result<Bytes>>>,
+    }
+    impl Reader {
+        fn start_next(&mut self) {
+            if self.next >= self.end {
+                return;
+            }
+            let len = (self.end - self.next).min(READ_CHUNK as u64) as usize;
+            let (file, offset) = (self.file.clone(), self.next);
+            self.next += len as u64;
+            self.ahead = Some(tokio::task::spawn_blocking(move || {
+                read_chunk(&file, offset, len)
+            }));
+        }
+    }
+    let mut reader = Reader {
+        file: Arc::new(file),
+        next: range.start,
+        end: range.end,
+        ahead: None,
+    };
+    reader.start_next();
+    Box::pin(stream::unfold(reader, |mut reader| async move {
+        let chunk = match reader.ahead.take()?.await {
+            Ok(chunk) => chunk,
+            Err(e) => Err(io::Error::other(e)),
+        };
+        if chunk.is_ok() {
+            reader.start_next();
+        }
+        Some((chunk, reader))
+    }))
+}
+
+/// `len` bytes of `file` from `offset`, read into a fresh buffer without zeroing it first.
+fn read_chunk(file: &std::fs::File, offset: u64, len: usize) -> io::Result<Bytes> {
+    let mut buf = Vec::with_capacity(len);
+    let mut at = offset;
+    while buf.len() < len {
+        let before = buf.len();
+        // Positioned reads: the file's own offset is not shared state between chunks.
+        (&mut PositionedRead { file, at: &mut at })
+            .take((len - before) as u64)
+            .read_to_end(&mut buf)?;
+        if buf.len() == before {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the object is shorter than it was when opened",
+            ));
+        }
+    }
+    Ok(Bytes::from(buf))
+}
+
+/// `Read` over `pread`: reads `file` from `at`, advancing `at`.
+struct PositionedRead<'a> {
+    file: &'a std::fs::File,
+    at: &'a mut u64,
+}
+
+impl Read for PositionedRead<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.file.read_at(buf, *self.at)?;
+        *self.at += n as u64;
+        Ok(n)
+    }
+}
+
 #[async_trait]
 impl BlobStore for LocalStore {
     async fn put(&self, key: &BlobKey, mut body: ByteStream) -> Result<u64, StoreError> {
@@ -166,12 +247,19 @@ impl BlobStore for LocalStore {
         key: &BlobKey,
         range: Option<ByteRange>,
     ) -> Result<Option<Blob>, StoreError> {
-        let mut file = match fs::File::open(self.path_of(key)).await {
-            Ok(file) => file,
+        let path = self.path_of(key);
+        let opened = tokio::task::spawn_blocking(move || {
+            let file = std::fs::File::open(path)?;
+            let size = file.metadata()?.len();
+            Ok::<_, io::Error>((file, size))
+        })
+        .await
+        .map_err(|e| io_err(key)(io::Error::other(e)))?;
+        let (file, size) = match opened {
+            Ok(opened) => opened,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(io_err(key)(e)),
         };
-        let size = file.metadata().await.map_err(io_err(key))?.len();
         let range = match range {
             None => 0..size,
             Some(r) => r
@@ -181,16 +269,10 @@ impl BlobStore for LocalStore {
                     size,
                 })?,
         };
-        if range.start > 0 {
-            file.seek(SeekFrom::Start(range.start))
-                .await
-                .map_err(io_err(key))?;
-        }
-        let body = ReaderStream::with_capacity(file.take(range.end - range.start), READ_CHUNK);
         Ok(Some(Blob {
             size,
+            body: read_ahead(file, range.clone()),
             range,
-            body: Box::pin(body),
         }))
     }
 
