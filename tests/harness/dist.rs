@@ -180,7 +180,9 @@ fn redis_command(stream: &mut TcpStream, args: &[&str]) -> String {
     for arg in args {
         request.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
     }
-    stream.write_all(request.as_bytes()).expect("write to Redis");
+    stream
+        .write_all(request.as_bytes())
+        .expect("write to Redis");
     let mut answer = Vec::new();
     let mut byte = [0u8; 1];
     while !answer.ends_with(b"\r\n") {
@@ -357,15 +359,14 @@ impl DistFarmBuilder {
 
         farm.spawn(
             "web",
-            vec![
-                "web".into(),
-                "--listen".into(),
-                farm.web_addr.to_string(),
-            ],
+            vec!["web".into(), "--listen".into(), farm.web_addr.to_string()],
         );
         farm.wait_output("web", "kiln: web serving ");
         for name in COORDINATORS {
-            farm.spawn(name, vec!["coordinator".into(), "--name".into(), name.into()]);
+            farm.spawn(
+                name,
+                vec!["coordinator".into(), "--name".into(), name.into()],
+            );
             if name == "c1" {
                 farm.wait_output("c1", "kiln: coordinator c1 leads");
             }
@@ -864,6 +865,11 @@ impl Drop for DistFarm {
                 kill_tree(child.id() as i32);
                 let _ = child.wait();
             }
+        }
+        // A failed test's logs are kept for a look at more than their tails.
+        if std::thread::panicking() {
+            let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+            eprintln!("the farm's logs are kept in {}", dir.keep().display());
         }
     }
 }
