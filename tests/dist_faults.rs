@@ -236,7 +236,10 @@ fn a_step_message_delivered_twice_is_applied_once() {
             .await
             .expect("connect to the farm's vhost");
         let queue = step_queue(&system, &[]);
-        let mut consumer = bus.consume(&[queue.clone()], 1, "test").await.unwrap();
+        let mut consumer = bus
+            .consume(std::slice::from_ref(&queue), 1, "test")
+            .await
+            .unwrap();
         let original = tokio::time::timeout(Duration::from_secs(30), consumer.next())
             .await
             .expect("a step message")
