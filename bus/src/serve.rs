@@ -131,9 +131,7 @@ impl Job {
         let interrupted = matches!(result.status, StepStatus::Cancelled | StepStatus::Transient);
         if self.shutdown.is_cancelled() && interrupted {
             tracing::info!(worker = %self.worker, step = step.step_id, "shutting down: handing the step back");
-            if let Err(err) = delivery.nack(true).await {
-                tracing::warn!(worker = %self.worker, error = %err, "could not requeue a step");
-            }
+            self.hand_back(step.step_id, delivery).await;
             return;
         }
         match self
@@ -148,6 +146,31 @@ impl Job {
             }
             Err(err) => {
                 tracing::error!(worker = %self.worker, step = step.step_id, error = %err, "could not publish a result; requeueing the step");
+                if let Err(err) = delivery.nack(true).await {
+                    tracing::warn!(worker = %self.worker, error = %err, "could not requeue a step");
+                }
+            }
+        }
+    }
+
+    /// Returns a step this worker stops building to its queue as a new message, then
+    /// acknowledges the delivery. A requeueing nack would count as a lost delivery against the
+    /// queue's delivery limit, so a few rolling restarts of the workers would abort a step that
+    /// never crashed anything. Should the worker die between the two, the step is queued twice,
+    /// which is harmless: only the first result of the running attempt applies.
+    async fn hand_back(&self, step_id: i64, delivery: Delivery) {
+        match self
+            .bus
+            .publish(&delivery.queue, delivery.body.clone())
+            .await
+        {
+            Ok(()) => {
+                if let Err(err) = delivery.ack().await {
+                    tracing::warn!(worker = %self.worker, step = step_id, error = %err, "could not acknowledge a step handed back; it may run twice");
+                }
+            }
+            Err(err) => {
+                tracing::warn!(worker = %self.worker, step = step_id, error = %err, "could not queue a step again; requeueing its delivery");
                 if let Err(err) = delivery.nack(true).await {
                     tracing::warn!(worker = %self.worker, error = %err, "could not requeue a step");
                 }
@@ -281,8 +304,34 @@ mod tests {
         assert_eq!(bus.ready_count(&QueueName::results()).await.unwrap(), 0);
         let mut other = bus.consume(&[queue()], 1, "other").await.unwrap();
         let again = other.next().await.unwrap();
-        assert!(again.redelivered);
         assert_eq!(StepMessage::decode(&again.body).unwrap().step_id, 7);
+    }
+
+    #[tokio::test]
+    async fn handing_steps_back_at_shutdown_does_not_use_up_the_delivery_limit() {
+        let bus = MemoryBus::with_delivery_limit(1);
+        bus.publish(&queue(), step(7).encode()).await.unwrap();
+        // Three rolling restarts while the step is being built.
+        for _ in 0..3 {
+            let started = Arc::new(Semaphore::new(0));
+            let shutdown = CancellationToken::new();
+            let worker = tokio::spawn(serve_steps(
+                Arc::new(bus.clone()),
+                vec![queue()],
+                1,
+                "w".into(),
+                Arc::new(UntilCancelled {
+                    started: started.clone(),
+                }),
+                shutdown.clone(),
+            ));
+            started.acquire().await.unwrap().forget();
+            shutdown.cancel();
+            worker.await.unwrap().unwrap();
+        }
+        assert_eq!(bus.ready_count(&QueueName::dead_steps()).await.unwrap(), 0);
+        assert_eq!(bus.ready_count(&queue()).await.unwrap(), 1);
+        assert_eq!(bus.unacked_count(), 0);
     }
 
     #[tokio::test]

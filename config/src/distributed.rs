@@ -21,9 +21,10 @@ pub struct DistributedConfig {
     /// most this long (plus one try interval, a third of it) after the leader dies. Default 10.
     #[serde(default = "default_lease")]
     pub leader_lease: u64,
-    /// Deliveries of one step message (the first and its redeliveries after a worker was
-    /// lost) before it is dead-lettered and the step ends `aborted`. Fixed when a step queue
-    /// is first created in RabbitMQ. Default 3.
+    /// Times one step message may return to its queue because the worker building it was
+    /// lost; the next return dead-letters it and the step ends `aborted` (so it is delivered
+    /// at most `delivery_limit + 1` times). Fixed when a step queue is first created in
+    /// RabbitMQ. Default 3.
     #[serde(default = "default_delivery_limit")]
     pub delivery_limit: u32,
 }

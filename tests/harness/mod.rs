@@ -13,6 +13,7 @@ use std::process::{Child, Command, Output, Stdio};
 
 use tempfile::TempDir;
 
+pub mod dist;
 pub mod farm;
 
 /// A `kiln up` process and its data directory.
