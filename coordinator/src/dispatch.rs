@@ -78,6 +78,10 @@ pub struct Dispatcher {
     graph: Graph,
     share: FairShare,
     started_ms: i64,
+    /// Since when each queue has had no worker (the registry may forget workers for a moment,
+    /// say while Redis restarts): a step is `unsupported` only once its queue stayed without
+    /// workers for the whole wait.
+    unserved_since: HashMap<QueueName, i64>,
 }
 
 impl Dispatcher {
@@ -98,6 +102,7 @@ impl Dispatcher {
             graph: Graph::new(),
             share: FairShare::default(),
             started_ms: Timestamp::now().millis(),
+            unserved_since: HashMap::new(),
         }
     }
 
@@ -500,12 +505,22 @@ impl Dispatcher {
     pub async fn check_unsupported(&mut self) -> Result<()> {
         let now = Timestamp::now().millis();
         let wait = i64::try_from(self.settings.unsupported_after.as_millis()).unwrap_or(i64::MAX);
+        let pool = &self.pool;
+        self.unserved_since
+            .retain(|queue, _| pool.slots_for(queue) == 0);
+        for step in self.graph.steps() {
+            if step.is_runnable(now) && pool.slots_for(&step.queue) == 0 {
+                self.unserved_since.entry(step.queue.clone()).or_insert(now);
+            }
+        }
+        let unserved = &self.unserved_since;
         let doomed: Vec<(StepId, QueueName)> = self
             .graph
             .steps()
-            .filter(|s| s.is_runnable(now) && self.pool.slots_for(&s.queue) == 0)
-            .filter(|s| now - s.runnable_since.max(self.started_ms) >= wait)
-            .map(|s| (s.id, s.queue.clone()))
+            .filter(|s| s.is_runnable(now))
+            .filter_map(|s| unserved.get(&s.queue).map(|since| (s, *since)))
+            .filter(|(s, since)| now - s.runnable_since.max(self.started_ms).max(*since) >= wait)
+            .map(|(s, _)| (s.id, s.queue.clone()))
             .collect();
         for (id, queue) in doomed {
             let message =

@@ -4,6 +4,9 @@
 
 mod support;
 
+use std::time::Duration;
+
+use kiln_coordinator::DispatchSettings;
 use kiln_db::testing::Backend;
 use kiln_proto::{BuildMetric, StepStatus};
 use support::{Farm, result, settings};
@@ -227,6 +230,37 @@ async fn a_step_no_worker_can_build_ends_unsupported(backend: Backend) {
     assert_eq!(statuses["fine"], "running");
 }
 
+async fn a_queue_that_just_lost_its_workers_waits_the_whole_delay(backend: Backend) {
+    let mut farm = Farm::new(backend, 1).await;
+    let delay = Duration::from_millis(1500);
+    farm.restart_dispatcher(
+        1,
+        DispatchSettings {
+            unsupported_after: delay,
+            ..settings()
+        },
+    )
+    .await;
+    let fine = farm.drv("fine", &[]);
+    let (_, ingested) = farm.evaluate(&[("fine", &fine)]).await;
+    // Runnable for longer than the delay, while a worker serves its queue.
+    tokio::time::sleep(delay + Duration::from_millis(200)).await;
+    farm.dispatcher.check_unsupported().await.unwrap();
+    // The registry forgets every worker for a moment (say, Redis restarted).
+    farm.pool.replace([]);
+    farm.dispatcher.check_unsupported().await.unwrap();
+    let statuses = builds_by_job(&farm, &ingested.queued_builds).await;
+    assert_eq!(
+        statuses["fine"], "queued",
+        "unsupported as soon as its workers vanished"
+    );
+    // Still no worker after the whole delay: now it is.
+    tokio::time::sleep(delay + Duration::from_millis(200)).await;
+    farm.dispatcher.check_unsupported().await.unwrap();
+    let statuses = builds_by_job(&farm, &ingested.queued_builds).await;
+    assert_eq!(statuses["fine"], "unsupported");
+}
+
 async fn steps_are_shared_between_builds_and_evaluations(backend: Backend) {
     let mut farm = Farm::new(backend, 4).await;
     let base = farm.drv("base", &[]);
@@ -329,6 +363,7 @@ kiln_db::both_backends!(
     a_failure_is_cached_until_the_build_is_restarted,
     after_a_restart_running_steps_are_dispatched_again_and_old_results_are_stale,
     a_step_no_worker_can_build_ends_unsupported,
+    a_queue_that_just_lost_its_workers_waits_the_whole_delay,
     steps_are_shared_between_builds_and_evaluations,
     the_window_keeps_the_backlog_in_the_coordinator,
     old_evaluations_are_deleted_only_once_their_builds_finished,

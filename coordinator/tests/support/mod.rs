@@ -73,6 +73,8 @@ pub struct Farm {
     pub jobset: JobsetId,
     pub dispatcher: Dispatcher,
     pub steps: Box<dyn Consumer>,
+    /// The workers the dispatcher counts on.
+    pub pool: Arc<StaticPool>,
     /// Last, so that it is dropped after the dispatcher using it.
     pub db: TestDb,
 }
@@ -119,7 +121,8 @@ impl Farm {
             .consume(&[step_queue(SYSTEM, &[])], 1000, "test worker")
             .await
             .unwrap();
-        let dispatcher = Farm::dispatcher_on(&db, &bus, &dir, slots, settings());
+        let pool = Farm::pool(slots);
+        let dispatcher = Farm::dispatcher_on(&db, &bus, &dir, pool.clone(), settings());
         Farm {
             dir,
             bus,
@@ -128,23 +131,28 @@ impl Farm {
             jobset,
             dispatcher,
             steps,
+            pool,
             db,
         }
+    }
+
+    fn pool(slots: u32) -> Arc<StaticPool> {
+        let pool = StaticPool::new();
+        pool.add(&[SYSTEM.to_owned()], &[], slots);
+        Arc::new(pool)
     }
 
     fn dispatcher_on(
         db: &Db,
         bus: &MemoryBus,
         dir: &tempfile::TempDir,
-        slots: u32,
+        pool: Arc<StaticPool>,
         settings: DispatchSettings,
     ) -> Dispatcher {
-        let pool = StaticPool::new();
-        pool.add(&[SYSTEM.to_owned()], &[], slots);
         Dispatcher::new(
             db.clone(),
             Arc::new(bus.clone()),
-            Arc::new(pool),
+            pool,
             Arc::new(FileLogs::new(dir.path().join("logs")).unwrap()),
             settings,
         )
@@ -152,7 +160,9 @@ impl Farm {
 
     /// Replaces the dispatcher by a new one on the same database, as after a restart.
     pub async fn restart_dispatcher(&mut self, slots: u32, settings: DispatchSettings) {
-        self.dispatcher = Farm::dispatcher_on(&self.db, &self.bus, &self.dir, slots, settings);
+        self.pool = Farm::pool(slots);
+        self.dispatcher =
+            Farm::dispatcher_on(&self.db, &self.bus, &self.dir, self.pool.clone(), settings);
         self.dispatcher.start().await.unwrap();
     }
 
