@@ -184,6 +184,9 @@ fn concurrent_pushes_of_one_closure_all_succeed() {
         pushes.into_iter().map(|p| p.join().unwrap()).collect()
     });
     for out in &outputs {
+        if !out.status.success() {
+            eprintln!("SERVER LOG:\n{}", kiln.log());
+        }
         ok(out, "concurrent nix copy");
     }
     let fresh = NixStore::new(work.path(), "fresh");

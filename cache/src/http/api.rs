@@ -246,8 +246,9 @@ async fn precheck(
 /// An HTTP/1.1 server that answers before reading the body and then closes the connection
 /// makes the client's kernel see a reset while it is still sending, and the client usually
 /// reports a broken pipe instead of the answer (clients without `Expect: 100-continue`, such as
-/// Kiln's own, cannot avoid it). Reading the rest first lets the answer through.
-async fn drain(body: Body, limit: u64) {
+/// Kiln's own, cannot avoid it). Reading the rest first lets the answer through, and keeps the
+/// unread bytes from being taken for the next request of a kept-alive connection.
+pub(super) async fn drain(body: Body, limit: u64) {
     let mut stream = body.into_data_stream();
     let mut seen = 0u64;
     while seen <= limit {

@@ -269,6 +269,10 @@ pub async fn put_nar(
             .await?
             .is_some_and(|meta| meta.size == nar.facts.file_size)
     {
+        // Read the body to its end anyway: answering with bytes of it still unread would leave
+        // them on a kept-alive connection, where they would be taken for the client's next
+        // request (as when concurrent pushers send the same NAR). Its length is bounded above.
+        super::api::drain(body, limit).await;
         return Ok(StatusCode::OK.into_response());
     }
     let verifier = NarFileVerifier::new(compression, limit, Some(promised))?;
