@@ -13,14 +13,8 @@ use kiln_bus::{AmqpBus, AmqpOptions, Bus};
 use kiln_cache::client::CacheClient;
 use kiln_cache::{CacheRecord, CacheService, Permission};
 use kiln_config::Config;
-use kiln_coordinator::backends::{MirrorRepositories, NixEvaluator};
 use kiln_coordinator::db::projects;
-use kiln_coordinator::eval::NixSettings;
-use kiln_coordinator::git::GitMirror;
-use kiln_coordinator::ingest::StoreFiles;
-use kiln_coordinator::sources::StoreUploader;
 use kiln_coordinator::workers::StaticPool;
-use kiln_coordinator::{Coordinator, DispatchSettings, EvalContext, Parts};
 use kiln_live::{Lease, Live};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -213,56 +207,20 @@ impl Leader<'_> {
         projects::sync_declared(db, &config.project)
             .await
             .context("cannot save the projects of the config file")?;
-        let data = &config.data_dir;
-        let eval_store = data.join("eval-store");
-        let store_files = StoreFiles {
-            root: Some(eval_store.clone()),
-        };
         let main = self.main;
-        let client = CacheClient::new(&web_url, &main.name, Some(token.clone()))
+        let uploads = CacheClient::new(&web_url, &main.name, Some(token.clone()))
             .context("invalid web_url")?;
-        let coordinator = Coordinator::new(
-            Parts {
+        let coordinator = super::farm::coordinator(
+            config,
+            super::farm::CoordinatorParts {
                 db: db.clone(),
                 bus: self.bus.clone(),
                 pool: self.pool.clone(),
                 logs: self.logs.clone(),
-                settings: DispatchSettings {
-                    max_retries: config.farm.max_retries,
-                    retry_backoff_secs: config.farm.retry_backoff,
-                    unsupported_after: Duration::from_secs(config.farm.unsupported_after),
-                    dispatch_window: config.farm.dispatch_window,
-                    db_poll: Duration::from_secs(config.farm.db_poll_interval),
-                    max_log_bytes: config.worker.max_log_size.bytes(),
-                    max_output_bytes: config.worker.max_output_size.bytes(),
-                    // RabbitMQ keeps the messages of running steps.
-                    requeue_running_at_start: false,
-                },
-            },
-            |events| EvalContext {
-                db: db.clone(),
                 cache: main.id,
-                repos: Arc::new(MirrorRepositories::new(GitMirror::new(data.join("git")))),
-                evaluator: Arc::new(NixEvaluator {
-                    nix: NixSettings {
-                        store: Some(eval_store.clone()),
-                        options: Vec::new(),
-                        gc_roots_dir: None,
-                        bin_dir: None,
-                    },
-                    max_processes: config.farm.eval_processes as usize,
-                    max_memory: config.farm.eval_max_memory.bytes(),
-                }),
-                drvs: Arc::new(store_files.clone()),
-                uploader: Arc::new(StoreUploader {
-                    store: store_files,
-                    db: db.clone(),
-                    cache: main.id,
-                    client,
-                }),
-                work_dir: data.join("checkouts"),
-                max_concurrent: config.farm.max_concurrent_evals as usize,
-                events,
+                uploads,
+                // RabbitMQ keeps the messages of running steps.
+                requeue_running_at_start: false,
             },
         );
         coordinator.run(term).await?;

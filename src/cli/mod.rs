@@ -5,6 +5,7 @@ mod cache;
 mod common;
 mod coordinator;
 mod drv;
+mod farm;
 mod gc;
 mod key;
 mod live;

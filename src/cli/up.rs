@@ -17,15 +17,9 @@ use kiln_bus::{Bus, MemoryBus, StepRunner, queues_served, serve_steps};
 use kiln_cache::Permission;
 use kiln_cache::client::CacheClient;
 use kiln_config::Config;
-use kiln_coordinator::backends::{MirrorRepositories, NixEvaluator};
 use kiln_coordinator::db::projects;
-use kiln_coordinator::eval::NixSettings;
-use kiln_coordinator::git::GitMirror;
-use kiln_coordinator::ingest::StoreFiles;
 use kiln_coordinator::logs::{FileLogs, LogStore};
-use kiln_coordinator::sources::StoreUploader;
 use kiln_coordinator::workers::StaticPool;
-use kiln_coordinator::{Coordinator, DispatchSettings, EvalContext, Parts};
 use kiln_db::StepId;
 use kiln_proto::{StepMessage, StepResult};
 use kiln_worker::{Executor, LogSink, UploadSettings, WorkerConfig};
@@ -148,53 +142,18 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         workers.push((name, executor));
     }
 
-    let eval_store = data.join("eval-store");
-    let store_files = StoreFiles {
-        root: Some(eval_store.clone()),
-    };
-    let coordinator = Coordinator::new(
-        Parts {
+    let coordinator = super::farm::coordinator(
+        &config,
+        super::farm::CoordinatorParts {
             db: service.db().clone(),
             bus: Arc::new(bus.clone()),
             pool: pool.clone(),
             logs: logs.clone(),
-            settings: DispatchSettings {
-                max_retries: config.farm.max_retries,
-                retry_backoff_secs: config.farm.retry_backoff,
-                unsupported_after: Duration::from_secs(config.farm.unsupported_after),
-                dispatch_window: config.farm.dispatch_window,
-                db_poll: Duration::from_secs(config.farm.db_poll_interval),
-                max_log_bytes: config.worker.max_log_size.bytes(),
-                max_output_bytes: config.worker.max_output_size.bytes(),
-                // The in-process bus loses its messages with the process.
-                requeue_running_at_start: true,
-            },
-        },
-        |events| EvalContext {
-            db: service.db().clone(),
             cache: main.id,
-            repos: Arc::new(MirrorRepositories::new(GitMirror::new(data.join("git")))),
-            evaluator: Arc::new(NixEvaluator {
-                nix: NixSettings {
-                    store: Some(eval_store.clone()),
-                    options: Vec::new(),
-                    gc_roots_dir: None,
-                    bin_dir: None,
-                },
-                max_processes: config.farm.eval_processes as usize,
-                max_memory: config.farm.eval_max_memory.bytes(),
-            }),
-            drvs: Arc::new(store_files.clone()),
-            uploader: Arc::new(StoreUploader {
-                store: store_files,
-                db: service.db().clone(),
-                cache: main.id,
-                client: CacheClient::new(&internal, &main.name, Some(token.clone()))
-                    .expect("the internal URL and the default cache name are valid"),
-            }),
-            work_dir: data.join("checkouts"),
-            max_concurrent: config.farm.max_concurrent_evals as usize,
-            events,
+            uploads: CacheClient::new(&internal, &main.name, Some(token.clone()))
+                .expect("the internal URL and the default cache name are valid"),
+            // The in-process bus loses its messages with the process.
+            requeue_running_at_start: true,
         },
     );
     let app = kiln_web::router(
