@@ -18,12 +18,8 @@ const MAX_ZSTD_WORKERS: usize = 4;
 
 /// Input each zstd worker compresses at a time. With zstd's default for level 3 (8 MiB) and its
 /// buffers, the server's peak memory during one upload went from 54 to 154 MiB
-/// (tests/cache_large.rs); with 1 MiB it was 78 MiB, with 2 MiB it is 91 MiB. A worker that
-/// finishes a job waits until the upload's thread hands it the next one, and zstd hands a job
-/// only to an idle worker: with 1 MiB jobs that happened twice as often, and
-/// `zstd -T2 -3 --zstd=ovlog=4` on bench/cache_ingest.sh's NAR took 3.1–3.6 s with `-B1MiB`
-/// against 2.7–3.2 s with `-B2MiB`, for the same CPU time (docs/benchmarks.md).
-const ZSTD_JOB_SIZE: u32 = 2 << 20;
+/// (tests/cache_large.rs); with 1 MiB it is 78 MiB.
+const ZSTD_JOB_SIZE: u32 = 1 << 20;
 
 /// How much of the input before a job each zstd worker reads again as its history, as a log2
 /// fraction of the window: 4 is 1/32 (64 KiB at level 3). zstd's default for fast levels is 6
