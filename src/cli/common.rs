@@ -47,6 +47,14 @@ pub async fn open_service(config: &Config) -> anyhow::Result<CacheService> {
     Ok(CacheService::new(db, store, Settings::from_config(config)))
 }
 
+/// The multi-threaded runtime of the long-running modes.
+pub fn server_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
 /// A single-threaded runtime for the short admin commands.
 pub fn admin_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()

@@ -20,9 +20,9 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::activity::default_name;
-use super::common::{ConfigArgs, open_service, stop_on_signal};
+use super::common::{ConfigArgs, open_service, server_runtime, stop_on_signal};
 use super::live::{LEADER_LEASE, RedisLogs, follow_registry};
-use super::migrate::{Role, missing_for};
+use super::migrate::{Role, require_for};
 
 /// Wait before leading again after the coordinator stopped on an error.
 const RETRY_DELAY: Duration = Duration::from_secs(5);
@@ -40,17 +40,9 @@ pub struct CoordinatorArgs {
 /// Contends for leadership and coordinates while leading, until SIGINT or SIGTERM.
 pub fn run(args: CoordinatorArgs) -> anyhow::Result<()> {
     let config = args.config.load()?;
-    let missing = missing_for(&config, Role::Coordinator);
-    anyhow::ensure!(
-        missing.is_empty(),
-        "kiln coordinator needs {}",
-        missing.join(", ")
-    );
+    require_for(&config, Role::Coordinator)?;
     let name = args.name.unwrap_or_else(default_name);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    let runtime = server_runtime()?;
     runtime.block_on(serve(config, name))
 }
 

@@ -68,18 +68,24 @@ pub struct CheckConfigArgs {
 pub fn check_config(args: CheckConfigArgs) -> anyhow::Result<()> {
     let config = args.config.load()?;
     if let Some(role) = args.role {
-        let missing = missing_for(&config, role);
-        anyhow::ensure!(
-            missing.is_empty(),
-            "invalid configuration for `kiln {}`: missing {}",
-            role_name(role),
-            missing.join(", ")
-        );
+        require_for(&config, role)?;
     }
     for line in summary(&config) {
         println!("{line}");
     }
     println!("kiln: configuration is valid");
+    Ok(())
+}
+
+/// Fails naming the settings `role` requires that `config` lacks.
+pub fn require_for(config: &Config, role: Role) -> anyhow::Result<()> {
+    let missing = missing_for(config, role);
+    anyhow::ensure!(
+        missing.is_empty(),
+        "kiln {} needs {}",
+        role_name(role),
+        missing.join(", ")
+    );
     Ok(())
 }
 

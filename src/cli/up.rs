@@ -27,7 +27,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use super::activity::{Activity, LocalStatus, Tracked, default_name};
-use super::common::{ConfigArgs, open_service, stop_on_signal};
+use super::common::{ConfigArgs, open_service, server_runtime, stop_on_signal};
 
 /// How often reads of cached paths are written to the index.
 const ACCESS_FLUSH_INTERVAL: Duration = Duration::from_secs(30);
@@ -61,10 +61,7 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
     config
         .validate()
         .map_err(|message| anyhow::anyhow!("invalid configuration: {message}"))?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    let runtime = server_runtime()?;
     runtime.block_on(serve(config))
 }
 

@@ -14,9 +14,9 @@ use kiln_live::Live;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use super::common::{ConfigArgs, open_service, stop_on_signal};
+use super::common::{ConfigArgs, open_service, server_runtime, stop_on_signal};
 use super::live::{RedisLogs, RedisStatus};
-use super::migrate::{Role, missing_for};
+use super::migrate::{Role, require_for};
 
 /// How often reads of cached paths are written to the index.
 const ACCESS_FLUSH_INTERVAL: Duration = Duration::from_secs(30);
@@ -37,12 +37,8 @@ pub fn run(args: WebArgs) -> anyhow::Result<()> {
     if let Some(listen) = args.listen {
         config.listen = listen;
     }
-    let missing = missing_for(&config, Role::Web);
-    anyhow::ensure!(missing.is_empty(), "kiln web needs {}", missing.join(", "));
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    require_for(&config, Role::Web)?;
+    let runtime = server_runtime()?;
     runtime.block_on(async move {
         let service = open_service(&config).await?;
         let (main, _) = service.ensure_default_cache().await?;

@@ -20,9 +20,9 @@ use kiln_worker::{Executor, UploadSettings, WorkerConfig};
 use tokio_util::sync::CancellationToken;
 
 use super::activity::{Activity, Tracked, default_name};
-use super::common::{ConfigArgs, stop_on_signal};
+use super::common::{ConfigArgs, server_runtime, stop_on_signal};
 use super::live::{RedisLogs, heartbeats};
-use super::migrate::{Role, missing_for};
+use super::migrate::{Role, require_for};
 use super::up::default_systems;
 
 /// Arguments of `kiln worker`.
@@ -38,17 +38,9 @@ pub struct WorkerArgs {
 /// Builds steps until SIGINT or SIGTERM; running builds are then handed back to the queue.
 pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
     let config = args.config.load()?;
-    let missing = missing_for(&config, Role::Worker);
-    anyhow::ensure!(
-        missing.is_empty(),
-        "kiln worker needs {}",
-        missing.join(", ")
-    );
+    require_for(&config, Role::Worker)?;
     let name = args.name.unwrap_or_else(default_name);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    let runtime = server_runtime()?;
     runtime.block_on(serve(config, name))
 }
 
