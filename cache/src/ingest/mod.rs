@@ -16,7 +16,7 @@ pub use publish::{check_references, publish, publish_log};
 pub use verify::{NarFileVerifier, Verified};
 
 use crate::error::CacheError;
-use crate::storage::{BlobKey, BlobStore, ByteStream, StoreError};
+use crate::storage::{BlobKey, BlobStore, BlobWriter, ByteStream, StoreError};
 
 /// Chunks in flight between the request, the checking thread and storage.
 const IN_FLIGHT: usize = 16;
@@ -133,11 +133,51 @@ pub async fn receive_raw_nar(
     limit: u64,
     level: i32,
 ) -> Result<Verified, CacheError> {
+    match store.writer(key).await? {
+        Some(writer) => compress_into_writer(writer, body, limit, level).await,
+        None => compress_into_stream(store, key, body, limit, level).await,
+    }
+}
+
+/// [`receive_raw_nar`] for a store that takes writes from the compressing thread itself.
+async fn compress_into_writer(
+    writer: Box<dyn BlobWriter>,
+    body: ByteStream,
+    limit: u64,
+    level: i32,
+) -> Result<Verified, CacheError> {
+    let (nar_tx, nar_rx) = mpsc::channel::<Bytes>(IN_FLIGHT);
+    let compressor = tokio::task::spawn_blocking(move || {
+        compress::compress_to_writer(nar_rx, writer, level, limit)
+    });
+    // If this future is dropped, so is the compressor's handle: its writer is dropped
+    // uncommitted when it ends, and nothing becomes visible.
+    let fed = feed(body, limit, "the NAR", nar_tx, None).await;
+    let verdict = compressor.await.map_err(join_error).and_then(|r| r);
+    let (verified, writer) = match fed {
+        Fed::Refused(err) => return Err(err),
+        Fed::Done | Fed::StorageStopped => verdict?,
+    };
+    tokio::task::spawn_blocking(move || writer.commit())
+        .await
+        .map_err(join_error)??;
+    Ok(verified)
+}
+
+/// [`receive_raw_nar`] for a store that takes a stream of compressed chunks.
+async fn compress_into_stream(
+    store: &dyn BlobStore,
+    key: &BlobKey,
+    body: ByteStream,
+    limit: u64,
+    level: i32,
+) -> Result<Verified, CacheError> {
     let (nar_tx, nar_rx) = mpsc::channel::<Bytes>(IN_FLIGHT);
     let (store_tx, store_rx) = mpsc::channel::<io::Result<Bytes>>(IN_FLIGHT);
     let abort = store_tx.clone();
-    let compressor =
-        tokio::task::spawn_blocking(move || compress::compress_nar(nar_rx, store_tx, level, limit));
+    let compressor = tokio::task::spawn_blocking(move || {
+        compress::compress_to_stream(nar_rx, store_tx, level, limit)
+    });
     let drive = async move {
         let fed = feed(body, limit, "the NAR", nar_tx, None).await;
         let verdict = compressor.await.map_err(join_error).and_then(|r| r);
@@ -157,5 +197,207 @@ pub async fn receive_raw_nar(
         (_, Err(err)) if !matches!(err, StoreError::Body { .. }) => Err(err.into()),
         (Err(refusal), _) => Err(refusal),
         (Ok(_), Err(err)) => Err(err.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::time::Duration;
+
+    use async_trait::async_trait;
+    use futures_util::stream::BoxStream;
+    use kiln_nix::Hash;
+
+    use super::*;
+    use crate::storage::{Blob, BlobMeta, ByteRange, LocalStore, Reaped};
+
+    /// A local store without the direct writer, so uploads take the streamed path (as on S3).
+    #[derive(Debug)]
+    struct StreamOnly(LocalStore);
+
+    #[async_trait]
+    impl BlobStore for StreamOnly {
+        async fn put(&self, key: &BlobKey, body: ByteStream) -> Result<u64, StoreError> {
+            self.0.put(key, body).await
+        }
+        async fn get(
+            &self,
+            key: &BlobKey,
+            range: Option<ByteRange>,
+        ) -> Result<Option<Blob>, StoreError> {
+            self.0.get(key, range).await
+        }
+        async fn head(&self, key: &BlobKey) -> Result<Option<BlobMeta>, StoreError> {
+            self.0.head(key).await
+        }
+        async fn delete(&self, key: &BlobKey) -> Result<bool, StoreError> {
+            self.0.delete(key).await
+        }
+        async fn rename(&self, from: &BlobKey, to: &BlobKey) -> Result<(), StoreError> {
+            self.0.rename(from, to).await
+        }
+        fn list(&self, prefix: &BlobKey) -> BoxStream<'static, Result<BlobMeta, StoreError>> {
+            self.0.list(prefix)
+        }
+        async fn reap_leftovers(
+            &self,
+            prefix: &BlobKey,
+            older_than: std::time::SystemTime,
+            dry_run: bool,
+        ) -> Result<Reaped, StoreError> {
+            self.0.reap_leftovers(prefix, older_than, dry_run).await
+        }
+    }
+
+    async fn stores(dir: &Path) -> Vec<(&'static str, Box<dyn BlobStore>)> {
+        vec![
+            (
+                "direct",
+                Box::new(LocalStore::open(dir.join("direct")).await.unwrap()),
+            ),
+            (
+                "streamed",
+                Box::new(StreamOnly(
+                    LocalStore::open(dir.join("streamed")).await.unwrap(),
+                )),
+            ),
+        ]
+    }
+
+    fn nar_of(content: &[u8]) -> Vec<u8> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("f"), content).unwrap();
+        let mut nar = Vec::new();
+        kiln_nix::nar::dump_path(&dir.path().join("f"), &mut nar).unwrap();
+        nar
+    }
+
+    /// `data` in pieces of `piece` bytes, then `tail` if given.
+    fn body(data: &[u8], piece: usize, tail: Option<io::Error>) -> ByteStream {
+        let mut items: Vec<io::Result<Bytes>> = data
+            .chunks(piece)
+            .map(|c| Ok(Bytes::copy_from_slice(c)))
+            .collect();
+        items.extend(tail.map(Err));
+        Box::pin(stream::iter(items))
+    }
+
+    /// Every file under `dir`, temporary ones included.
+    fn files(dir: &Path) -> Vec<String> {
+        let mut out = Vec::new();
+        for entry in walk(dir) {
+            out.push(entry.strip_prefix(dir).unwrap().display().to_string());
+        }
+        out.sort();
+        out
+    }
+
+    fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return Vec::new();
+        };
+        entries
+            .flat_map(|e| {
+                let path = e.unwrap().path();
+                if path.is_dir() {
+                    walk(&path)
+                } else {
+                    vec![path]
+                }
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_raw_nar_is_stored_compressed_with_its_hashes() {
+        let dir = tempfile::tempdir().unwrap();
+        let nar = nar_of(&vec![7u8; 3 << 20]);
+        for (name, store) in stores(dir.path()).await {
+            let key = BlobKey::new("c/staging/x").unwrap();
+            let verified =
+                receive_raw_nar(store.as_ref(), &key, body(&nar, 100_000, None), 1 << 30, 3)
+                    .await
+                    .unwrap();
+            assert_eq!(verified.nar_hash, Hash::sha256(&nar), "{name}");
+            assert_eq!(verified.nar_size, nar.len() as u64, "{name}");
+            let stored = std::fs::read(dir.path().join(name).join("c/staging/x")).unwrap();
+            assert_eq!(verified.file_hash, Hash::sha256(&stored), "{name}");
+            assert_eq!(verified.file_size, stored.len() as u64, "{name}");
+            assert_eq!(zstd::decode_all(stored.as_slice()).unwrap(), nar, "{name}");
+            assert_eq!(files(&dir.path().join(name)), vec!["c/staging/x"], "{name}");
+        }
+    }
+
+    #[tokio::test]
+    async fn refused_raw_nars_leave_no_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let nar = nar_of(b"some contents");
+        for (name, store) in stores(dir.path()).await {
+            let key = BlobKey::new("c/staging/x").unwrap();
+            let store = store.as_ref();
+            let garbage = receive_raw_nar(store, &key, body(b"not a NAR", 4, None), 1 << 20, 3);
+            assert!(
+                matches!(garbage.await, Err(CacheError::BadRequest(ref m)) if m.contains("invalid NAR")),
+                "{name}"
+            );
+            let truncated = &nar[..nar.len() - 8];
+            let short = receive_raw_nar(store, &key, body(truncated, 16, None), 1 << 20, 3);
+            assert!(
+                matches!(short.await, Err(CacheError::BadRequest(_))),
+                "{name}"
+            );
+            let large = receive_raw_nar(store, &key, body(&nar, 16, None), 64, 3);
+            assert!(
+                matches!(large.await, Err(CacheError::TooLarge { .. })),
+                "{name}"
+            );
+            let broken = body(&nar[..40], 16, Some(io::Error::other("client went away")));
+            let broken = receive_raw_nar(store, &key, broken, 1 << 20, 3);
+            assert!(
+                matches!(broken.await, Err(CacheError::BadRequest(_))),
+                "{name}"
+            );
+            assert_eq!(
+                files(&dir.path().join(name)),
+                Vec::<String>::new(),
+                "{name}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_raw_upload_leaves_no_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let nar = nar_of(&vec![1u8; 1 << 20]);
+        for (name, store) in stores(dir.path()).await {
+            let key = BlobKey::new("c/staging/x").unwrap();
+            // Half the NAR, then a body that never ends: the request is dropped meanwhile.
+            let half = stream::iter(vec![Ok(Bytes::copy_from_slice(&nar[..nar.len() / 2]))]);
+            let stall = stream::once(std::future::pending::<io::Result<Bytes>>());
+            let upload = receive_raw_nar(
+                store.as_ref(),
+                &key,
+                Box::pin(half.chain(stall)),
+                1 << 30,
+                3,
+            );
+            assert!(
+                tokio::time::timeout(Duration::from_millis(300), upload)
+                    .await
+                    .is_err(),
+                "{name}: the upload ended without its body"
+            );
+            // The compressing thread notices the closed channel and drops its file.
+            let root = dir.path().join(name);
+            for _ in 0..100 {
+                if files(&root).is_empty() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            assert_eq!(files(&root), Vec::<String>::new(), "{name}");
+            assert!(store.head(&key).await.unwrap().is_none(), "{name}");
+        }
     }
 }

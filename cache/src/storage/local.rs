@@ -21,7 +21,9 @@ use tokio::fs;
 use tokio::io::AsyncWriteExt;
 use tokio::task::JoinHandle;
 
-use super::{Blob, BlobKey, BlobMeta, BlobStore, ByteRange, ByteStream, Reaped, StoreError};
+use super::{
+    Blob, BlobKey, BlobMeta, BlobStore, BlobWriter, ByteRange, ByteStream, Reaped, StoreError,
+};
 
 /// Size of the chunks objects are read in. Each chunk is one positioned read on tokio's blocking
 /// pool and one hand-off to the socket, and the next chunk is read while the previous one is
@@ -111,9 +113,17 @@ impl TempFile {
             .expect("temporary file already persisted")
     }
 
-    async fn persist(mut self, target: &Path) -> io::Result<()> {
+    async fn persist(self, target: &Path) -> io::Result<()> {
+        let target = target.to_owned();
+        tokio::task::spawn_blocking(move || self.persist_blocking(&target))
+            .await
+            .map_err(io::Error::other)?
+    }
+
+    /// Renames the file to `target`; blocks.
+    fn persist_blocking(mut self, target: &Path) -> io::Result<()> {
         let path = self.path.take().expect("temporary file already persisted");
-        if let Err(e) = fs::rename(&path, target).await {
+        if let Err(e) = std::fs::rename(&path, target) {
             self.path = Some(path);
             return Err(e);
         }
@@ -132,9 +142,54 @@ impl Drop for TempFile {
 /// Makes a rename in `dir` durable.
 async fn sync_dir(dir: &Path) -> io::Result<()> {
     let dir = dir.to_owned();
-    tokio::task::spawn_blocking(move || std::fs::File::open(dir)?.sync_all())
+    tokio::task::spawn_blocking(move || sync_dir_blocking(&dir))
         .await
         .map_err(io::Error::other)?
+}
+
+fn sync_dir_blocking(dir: &Path) -> io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// A put into a temporary file written from a blocking thread, renamed into place on commit.
+struct LocalWriter {
+    key: BlobKey,
+    target: PathBuf,
+    temp: TempFile,
+    /// Holds the temporary file's lock until the rename.
+    file: std::fs::File,
+    size: u64,
+}
+
+impl io::Write for LocalWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.size += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl BlobWriter for LocalWriter {
+    fn commit(self: Box<Self>) -> Result<u64, StoreError> {
+        let LocalWriter {
+            key,
+            target,
+            temp,
+            file,
+            size,
+        } = *self;
+        file.sync_all().map_err(io_err(&key))?;
+        tracing::trace!(key = %key, temp = %temp.path().display(), size, "persisting object");
+        temp.persist_blocking(&target).map_err(io_err(&key))?;
+        drop(file);
+        let dir = target.parent().expect("object paths have a parent");
+        sync_dir_blocking(dir).map_err(io_err(&key))?;
+        Ok(size)
+    }
 }
 
 /// Streams `range` of `file` in chunks of [`READ_CHUNK`], each read on tokio's blocking pool
@@ -240,6 +295,22 @@ impl BlobStore for LocalStore {
         drop(file);
         sync_dir(dir).await.map_err(io_err(key))?;
         Ok(size)
+    }
+
+    async fn writer(&self, key: &BlobKey) -> Result<Option<Box<dyn BlobWriter>>, StoreError> {
+        let target = self.path_of(key);
+        let dir = target.parent().expect("object paths have a parent");
+        fs::create_dir_all(dir).await.map_err(io_err(key))?;
+        let (temp, file) = TempFile::create(dir, key.file_name())
+            .await
+            .map_err(io_err(key))?;
+        Ok(Some(Box::new(LocalWriter {
+            key: key.clone(),
+            target,
+            temp,
+            file: file.into_std().await,
+            size: 0,
+        })))
     }
 
     async fn get(
@@ -606,6 +677,48 @@ mod tests {
                 .is_err()
         );
         assert_eq!(store.head(&fresh).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn a_writer_publishes_only_on_commit() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(dir.path()).await.unwrap();
+        let k = key("c/w.nar.zst");
+        store.put(&k, body(vec![Ok(b"old")])).await.unwrap();
+
+        // Dropped without a commit: the old object stays, no temporary file is left.
+        let mut writer = store
+            .writer(&k)
+            .await
+            .unwrap()
+            .expect("local stores write directly");
+        writer.write_all(b"abandoned").unwrap();
+        drop(writer);
+        assert_eq!(
+            read_all(store.get(&k, None).await.unwrap().unwrap()).await,
+            b"old"
+        );
+        assert_eq!(dir_entries(&dir.path().join("c")), vec!["w.nar.zst"]);
+
+        // Invisible until committed, then replaces the old object whole.
+        let mut writer = store.writer(&k).await.unwrap().unwrap();
+        writer.write_all(b"new ").unwrap();
+        writer.write_all(b"bytes").unwrap();
+        assert_eq!(
+            read_all(store.get(&k, None).await.unwrap().unwrap()).await,
+            b"old"
+        );
+        let size = tokio::task::spawn_blocking(move || writer.commit())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(size, 9);
+        assert_eq!(
+            read_all(store.get(&k, None).await.unwrap().unwrap()).await,
+            b"new bytes"
+        );
+        assert_eq!(dir_entries(&dir.path().join("c")), vec!["w.nar.zst"]);
     }
 
     #[tokio::test]

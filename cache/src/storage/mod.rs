@@ -115,6 +115,15 @@ pub enum StoreError {
     },
 }
 
+/// A put written from a blocking thread (see [`BlobStore::writer`]). The object becomes
+/// visible only through [`commit`](BlobWriter::commit); dropping the writer before that discards
+/// what was written, and a previous object under the key is untouched.
+pub trait BlobWriter: io::Write + Send {
+    /// Makes the object durable and visible under its key, replacing any object there, and
+    /// returns its size. Blocks: call it from a blocking thread.
+    fn commit(self: Box<Self>) -> Result<u64, StoreError>;
+}
+
 /// The blob store interface. Implementations are shared across requests (`Arc<dyn BlobStore>`).
 #[async_trait]
 pub trait BlobStore: Send + Sync + fmt::Debug {
@@ -122,6 +131,14 @@ pub trait BlobStore: Send + Sync + fmt::Debug {
     /// body yields an error or the call is cancelled, nothing (no partial object) becomes visible
     /// and a previous object under `key` is untouched.
     async fn put(&self, key: &BlobKey, body: ByteStream) -> Result<u64, StoreError>;
+
+    /// Starts a put that a blocking thread writes with plain `write` calls, for a backend where
+    /// that is cheaper than [`put`](BlobStore::put)'s stream; `None` if the backend has no such
+    /// path. The local directory has one: a compressing thread then writes straight into the
+    /// file, without handing each piece to the runtime and copying it into tokio's file buffer.
+    async fn writer(&self, _key: &BlobKey) -> Result<Option<Box<dyn BlobWriter>>, StoreError> {
+        Ok(None)
+    }
 
     /// Streams the object, or the part `range` selects; `None` if there is no such object.
     async fn get(
