@@ -54,7 +54,7 @@ impl Settings {
                 .public_url
                 .as_ref()
                 .map(|u| u.trim_end_matches('/').to_owned()),
-            narinfo_ttl: narinfos::DEFAULT_TTL,
+            narinfo_ttl: config.cache.narinfo_ttl.0,
         }
     }
 }

@@ -147,6 +147,12 @@ pub struct CacheConfig {
     /// should differ here. Default: this machine's host name.
     #[serde(default)]
     pub key_name_prefix: Option<String>,
+    /// How long a narinfo read from the index is served from memory, and how long a garbage
+    /// collection that deleted paths waits before it deletes their files, so that no server
+    /// (several `kiln web` may share one index) still advertises them. `0` turns the memory off:
+    /// every narinfo GET reads the index. Seconds, or `"5s"`, `"1m"`. Default 5 s; at most 1 h.
+    #[serde(default = "default_narinfo_ttl")]
+    pub narinfo_ttl: TimeSpan,
     /// Where NARs, narinfos and logs are stored. A `[cache.storage]` table must name its `type`.
     #[serde(default)]
     pub storage: StorageConfig,
@@ -205,6 +211,7 @@ impl Default for CacheConfig {
             zstd_level: default_zstd_level(),
             default_priority: default_priority(),
             key_name_prefix: None,
+            narinfo_ttl: default_narinfo_ttl(),
             storage: StorageConfig::default(),
             gc: GcConfig::default(),
         }
@@ -254,6 +261,10 @@ fn default_zstd_level() -> i32 {
 
 fn default_priority() -> u32 {
     30
+}
+
+fn default_narinfo_ttl() -> TimeSpan {
+    TimeSpan(std::time::Duration::from_secs(5))
 }
 
 fn default_region() -> String {
@@ -314,6 +325,13 @@ impl Config {
     pub fn validate(&self) -> Result<(), String> {
         if self.cache.max_nar_size.0 == 0 {
             return Err("cache.max_nar_size must be greater than 0".to_owned());
+        }
+        if self.cache.narinfo_ttl.0 > std::time::Duration::from_secs(3600) {
+            return Err(format!(
+                "cache.narinfo_ttl must be at most 1 hour (garbage collection waits this long \
+                 before deleting files), not {} s",
+                self.cache.narinfo_ttl.0.as_secs()
+            ));
         }
         if !(1..=22).contains(&self.cache.zstd_level) {
             return Err(format!(
@@ -540,8 +558,27 @@ mod tests {
         assert_eq!(config.cache.max_nar_size, ByteSize(1024));
         assert_eq!(config.cache.zstd_level, 5);
         assert_eq!(
+            config.cache.narinfo_ttl,
+            TimeSpan(std::time::Duration::from_secs(5))
+        );
+        assert_eq!(
             config.local_storage_dir(),
             Some(PathBuf::from("/tmp/blobs"))
+        );
+    }
+
+    #[test]
+    fn narinfo_ttl_takes_a_length_of_time_and_zero() {
+        let file = write("[cache]\nnarinfo_ttl = \"1m\"\n");
+        let config = Config::load_from(Some(file.path()), env(&[])).unwrap();
+        assert_eq!(
+            config.cache.narinfo_ttl,
+            TimeSpan(std::time::Duration::from_secs(60))
+        );
+        let config = Config::load_from(None, env(&[("KILN_CACHE__NARINFO_TTL", "0")])).unwrap();
+        assert_eq!(
+            config.cache.narinfo_ttl,
+            TimeSpan(std::time::Duration::ZERO)
         );
     }
 
@@ -575,6 +612,10 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("zstd_level"), "{err}");
+        let err = Config::load_from(None, env(&[("KILN_CACHE__NARINFO_TTL", "\"2h\"")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("narinfo_ttl"), "{err}");
         let err = Config::load_from(None, env(&[("KILN_CACHE__MAX_NAR_SIZE", "\"12 parsecs\"")]))
             .unwrap_err()
             .to_string();
