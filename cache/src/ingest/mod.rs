@@ -209,6 +209,7 @@ mod tests {
     use futures_util::stream::BoxStream;
     use kiln_nix::Hash;
 
+    use super::verify::tests::nar_of;
     use super::*;
     use crate::storage::{Blob, BlobMeta, ByteRange, LocalStore, Reaped};
 
@@ -263,14 +264,6 @@ mod tests {
                 )),
             ),
         ]
-    }
-
-    fn nar_of(content: &[u8]) -> Vec<u8> {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("f"), content).unwrap();
-        let mut nar = Vec::new();
-        kiln_nix::nar::dump_path(&dir.path().join("f"), &mut nar).unwrap();
-        nar
     }
 
     /// `data` in pieces of `piece` bytes, then `tail` if given.

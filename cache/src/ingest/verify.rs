@@ -266,10 +266,11 @@ pub(crate) fn feed_nar(nar: &mut NarValidator, max: u64, bytes: &[u8]) -> Result
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn nar_of(content: &[u8]) -> Vec<u8> {
+    /// The NAR of a regular file holding `content`.
+    pub(crate) fn nar_of(content: &[u8]) -> Vec<u8> {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("f"), content).unwrap();
         let mut nar = Vec::new();
