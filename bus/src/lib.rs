@@ -90,7 +90,9 @@ pub trait Bus: Send + Sync + 'static {
 #[async_trait]
 pub trait Consumer: Send {
     /// The next delivery, waiting while none is ready or `prefetch` are unsettled; `None` once
-    /// the bus is closed.
+    /// the bus is closed. Not cancel-safe: a call dropped before it returns may have taken a
+    /// delivery that then stays unsettled until the consumer is dropped. In a `select!` loop,
+    /// keep the unfinished call (as [`serve_steps`] does, through a stream).
     async fn next(&mut self) -> Option<Delivery>;
 }
 

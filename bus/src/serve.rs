@@ -4,6 +4,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
+use futures_util::StreamExt;
+use futures_util::stream;
 use kiln_proto::{StepMessage, StepResult, StepStatus};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -47,15 +49,27 @@ pub async fn serve_steps(
     runner: Arc<dyn StepRunner>,
     shutdown: CancellationToken,
 ) -> Result<(), BusError> {
-    let mut consumer = bus.consume(&queues, slots, &name).await?;
-    let mut control = bus.subscribe().await?;
+    // The loop below waits on several things at once, and a `Consumer::next` dropped half way
+    // may lose what it was fetching (a pulling AMQP consumer's `basic.get` answered after the
+    // drop leaves its message unacknowledged on the channel, held until the worker exits). As
+    // streams, the consumer and the subscription keep an unfinished `next` for the next round.
+    let consumer = bus.consume(&queues, slots, &name).await?;
+    let mut deliveries = Box::pin(stream::unfold(consumer, |mut consumer| async move {
+        let delivery = consumer.next().await?;
+        Some((delivery, consumer))
+    }));
+    let control = bus.subscribe().await?;
+    let mut control = Box::pin(stream::unfold(control, |mut control| async move {
+        let message = control.next().await;
+        Some((message, control))
+    }));
     let running: Arc<Mutex<HashMap<i64, CancellationToken>>> = Arc::default();
     let mut tasks = JoinSet::new();
     tracing::info!(worker = %name, slots, queues = queues.len(), "worker consuming");
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            delivery = consumer.next() => {
+            delivery = deliveries.next() => {
                 let Some(delivery) = delivery else { break };
                 let step = match StepMessage::decode(&delivery.body) {
                     Ok(step) => step,
@@ -82,6 +96,7 @@ pub async fn serve_steps(
                 tasks.spawn(job.run(step, delivery, cancel));
             }
             message = control.next() => {
+                let message = message.flatten();
                 match message.as_deref().and_then(parse_cancel) {
                     Some(step_id) => {
                         if let Some(token) = running.lock().unwrap_or_else(|e| e.into_inner()).get(&step_id) {
@@ -107,7 +122,7 @@ pub async fn serve_steps(
             tracing::error!(worker = %name, error = %err, "a build task failed");
         }
     }
-    drop(consumer);
+    drop(deliveries);
     tracing::info!(worker = %name, "worker stopped");
     Ok(())
 }

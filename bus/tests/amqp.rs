@@ -506,3 +506,96 @@ async fn consumers_publishers_and_subscribers_survive_a_lost_connection() {
     assert!(received.is_ok(), "no broadcast after the reconnection");
     bus.close().await;
 }
+
+/// Succeeds at once, signing its results with its name.
+struct Instant(String);
+
+#[async_trait::async_trait]
+impl kiln_bus::StepRunner for Instant {
+    async fn run(
+        &self,
+        step: &kiln_proto::StepMessage,
+        _: tokio_util::sync::CancellationToken,
+    ) -> kiln_proto::StepResult {
+        kiln_proto::StepResult {
+            version: kiln_proto::PROTO_VERSION,
+            step_id: step.step_id,
+            attempt: step.attempt,
+            worker: self.0.clone(),
+            status: kiln_proto::StepStatus::Succeeded,
+            message: None,
+            started_at_ms: 0,
+            finished_at_ms: 0,
+            outputs: Default::default(),
+            products: vec![],
+            metrics: vec![],
+        }
+    }
+}
+
+/// A worker reading two queues pulls each step with `basic.get`. Each step it finishes wakes its
+/// loop while the next `basic.get` may be under way; a loop that then dropped the fetch lost the
+/// step (taken from the queue, never run nor returned) until the worker exited.
+#[tokio::test]
+async fn a_pulling_worker_loses_no_step_while_its_builds_finish() {
+    let mut queues = Queues::new();
+    let (a, b) = (queues.step(), queues.step());
+    // Results of earlier runs may wait in the shared results queue: only this run's count.
+    let name = format!("puller-{}", suffix());
+    let worker_bus = std::sync::Arc::new(bus().await);
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let worker = tokio::spawn(kiln_bus::serve_steps(
+        worker_bus.clone(),
+        vec![a.clone(), b.clone()],
+        1,
+        name.clone(),
+        std::sync::Arc::new(Instant(name.clone())),
+        shutdown.clone(),
+    ));
+    let coordinator = bus().await;
+    let mut results = coordinator
+        .consume(&[QueueName::results()], 64, "results")
+        .await
+        .unwrap();
+    const STEPS: i64 = 300;
+    let mut seen = std::collections::BTreeSet::new();
+    for id in 1..=STEPS {
+        let step = kiln_proto::StepMessage {
+            version: kiln_proto::PROTO_VERSION,
+            step_id: id,
+            attempt: 1,
+            drv_path: format!("/nix/store/{}-s{id}.drv", "a".repeat(32)),
+            drv: String::new(),
+            input_paths: vec![],
+            outputs: Default::default(),
+            system: "x86_64-linux".into(),
+            required_features: vec![],
+            timeout_secs: 10,
+            max_silent_secs: 10,
+            max_log_bytes: 1 << 20,
+            max_output_bytes: 1 << 30,
+        };
+        let queue = if id % 2 == 0 { &a } else { &b };
+        coordinator.publish(queue, step.encode()).await.unwrap();
+        // One step at a time, as a coordinator releases a chain: each is published while the
+        // worker is finishing the one before.
+        loop {
+            let delivery = tokio::time::timeout(Duration::from_secs(20), results.next())
+                .await
+                .unwrap_or_else(|_| panic!("no result for step {id} within 20 s: it was lost"))
+                .expect("the results consumer is open");
+            let result = kiln_proto::StepResult::decode(&delivery.body).unwrap();
+            delivery.ack().await.unwrap();
+            if result.worker == name {
+                assert_eq!(result.step_id, id);
+                seen.insert(result.step_id);
+                break;
+            }
+        }
+    }
+    assert_eq!(seen.len(), STEPS as usize);
+    shutdown.cancel();
+    worker.await.unwrap().unwrap();
+    coordinator.close().await;
+    worker_bus.close().await;
+}
