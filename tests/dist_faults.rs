@@ -14,6 +14,7 @@ mod harness;
 use std::time::{Duration, Instant};
 
 use harness::dist::{DistFarm, WORKERS};
+use harness::farm::FarmApi;
 use harness::farm::step_ids;
 use kiln_bus::{AmqpBus, AmqpOptions, Bus, step_queue};
 use serde_json::Value;

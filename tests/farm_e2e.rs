@@ -6,6 +6,7 @@ mod harness;
 
 use std::path::Path;
 
+use harness::farm::FarmApi;
 use harness::farm::TestFarm;
 
 /// The demo jobset of `examples/demo`, built by two workers.

@@ -5,6 +5,7 @@ mod harness;
 
 use std::path::Path;
 
+use harness::farm::FarmApi;
 use harness::farm::TestFarm;
 
 const MIXED: &str = r#"

@@ -3,6 +3,7 @@
 
 mod harness;
 
+use harness::farm::FarmApi;
 use harness::farm::TestFarm;
 
 const FAILURES: &str = r#"

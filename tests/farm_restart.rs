@@ -5,6 +5,7 @@ mod harness;
 
 use std::collections::BTreeSet;
 
+use harness::farm::FarmApi;
 use harness::farm::{TestFarm, step_ids};
 
 const SLOW_GRAPH: &str = r#"

@@ -4,6 +4,7 @@
 
 mod harness;
 
+use harness::farm::FarmApi;
 use harness::farm::TestFarm;
 
 const SLOW: &str = r#"

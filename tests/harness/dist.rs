@@ -32,8 +32,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use tempfile::TempDir;
 
-use super::farm::{TestFarm, git, step_ids, write_files};
-use super::{Body, NixStore, http_request, kiln_bin};
+use super::farm::{FarmApi, TestFarm, git, step_ids, write_files};
+use super::{NixStore, kiln_bin};
 
 /// How long a wait may last before the test fails (hang protection only).
 const DEADLINE: Duration = Duration::from_secs(240);
@@ -637,47 +637,6 @@ impl DistFarm {
         text
     }
 
-    /// Waits until `check` returns something, polling every 200 ms.
-    pub fn wait_for<T>(&self, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
-        let start = Instant::now();
-        loop {
-            if let Some(value) = check() {
-                return value;
-            }
-            assert!(
-                start.elapsed() < DEADLINE,
-                "gave up waiting for {what}\n{}",
-                self.log_tails()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-
-    /// Sends a request to the web tier with a JSON body (or none); returns the status and the
-    /// JSON answer.
-    pub fn call(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
-        let bytes = body.map(|b| serde_json::to_vec(b).unwrap());
-        let response = match &bytes {
-            Some(b) => http_request(
-                self.web_addr,
-                method,
-                path,
-                &[("Content-Type", "application/json")],
-                Body::Bytes(b),
-            ),
-            None => http_request(self.web_addr, method, path, &[], Body::Empty),
-        };
-        let value = serde_json::from_slice(&response.body).unwrap_or(Value::Null);
-        (response.status, value)
-    }
-
-    /// `GET path`, which must answer 200 with JSON.
-    pub fn get(&self, path: &str) -> Value {
-        let (status, value) = self.call("GET", path, None);
-        assert_eq!(status, 200, "GET {path}: {value}\n{}", self.log_tails());
-        value
-    }
-
     /// `GET /api/v1/status`.
     pub fn status(&self) -> Value {
         self.get("/api/v1/status")
@@ -718,53 +677,6 @@ impl DistFarm {
         git(&dir, &["add", "-A"]);
         git(&dir, &["commit", "-q", "-m", "initial"]);
         dir
-    }
-
-    /// Creates a legacy jobset through the API with polling off (evaluations on request).
-    pub fn add_jobset(&self, project: &str, jobset: &str, repo: &Path, expression: &str) {
-        let path = format!("/api/v1/projects/{project}/jobsets/{jobset}");
-        let body = serde_json::json!({
-            "url": repo.display().to_string(),
-            "expression": expression,
-            "check_interval": 0,
-        });
-        let (status, answer) = self.call("PUT", &path, Some(&body));
-        assert_eq!(status, 201, "PUT {path}: {answer}");
-    }
-
-    /// Asks for an evaluation now; returns its id.
-    pub fn evaluate(&self, project: &str, jobset: &str) -> i64 {
-        let path = format!("/api/v1/projects/{project}/jobsets/{jobset}/evals");
-        let (status, answer) = self.call("POST", &path, None);
-        assert_eq!(status, 202, "POST {path}: {answer}");
-        answer["id"].as_i64().unwrap()
-    }
-
-    /// Waits until evaluation `id` is finished (succeeded or failed); returns it.
-    pub fn wait_eval(&self, id: i64) -> Value {
-        self.wait_for(&format!("evaluation {id}"), || {
-            let eval = self.get(&format!("/api/v1/evals/{id}"));
-            matches!(eval["status"].as_str(), Some("succeeded" | "failed")).then_some(eval)
-        })
-    }
-
-    /// Waits until evaluation `id` succeeded and every build of it finished; returns it.
-    pub fn wait_builds(&self, id: i64) -> Value {
-        let eval = self.wait_eval(id);
-        assert_eq!(
-            eval["status"], "succeeded",
-            "evaluation {id} failed: {}",
-            eval["error"]
-        );
-        self.wait_for(&format!("the builds of evaluation {id}"), || {
-            let eval = self.get(&format!("/api/v1/evals/{id}"));
-            eval["builds"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .all(|b| !matches!(b["status"].as_str(), Some("queued" | "running")))
-                .then_some(eval)
-        })
     }
 
     /// The statuses of an evaluation's builds: job → status.
@@ -914,5 +826,17 @@ fn kill_tree(root: i32) {
         if let Some(pid) = rustix::process::Pid::from_raw(pid) {
             let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
         }
+    }
+}
+
+impl FarmApi for DistFarm {
+    const DEADLINE: Duration = DEADLINE;
+
+    fn api_addr(&self) -> SocketAddr {
+        self.web_addr
+    }
+
+    fn log_tails(&self) -> String {
+        DistFarm::log_tails(self)
     }
 }

@@ -40,6 +40,126 @@ pub struct TestFarm {
     pub repos: tempfile::TempDir,
 }
 
+/// The farm's HTTP API as tests drive it, for `kiln up` ([`TestFarm`]) and the distributed farm
+/// (`DistFarm`) alike.
+pub trait FarmApi {
+    /// How long a wait may last before the test fails.
+    const DEADLINE: Duration;
+
+    /// Where the API answers.
+    fn api_addr(&self) -> std::net::SocketAddr;
+
+    /// The end of the farm's logs, for failure messages.
+    fn log_tails(&self) -> String;
+
+    /// Sends a request with a JSON body (or none); returns the status and the JSON answer.
+    fn call(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
+        let bytes = body.map(|b| serde_json::to_vec(b).unwrap());
+        let response = match &bytes {
+            Some(b) => http_request(
+                self.api_addr(),
+                method,
+                path,
+                &[("Content-Type", "application/json")],
+                Body::Bytes(b),
+            ),
+            None => http_request(self.api_addr(), method, path, &[], Body::Empty),
+        };
+        let value = serde_json::from_slice(&response.body).unwrap_or(Value::Null);
+        (response.status, value)
+    }
+
+    /// `GET path`, which must answer 200 with JSON.
+    fn get(&self, path: &str) -> Value {
+        let (status, value) = self.call("GET", path, None);
+        assert_eq!(status, 200, "GET {path}: {value}\n{}", self.log_tails());
+        value
+    }
+
+    /// `PUT` a jobset with `body`; must succeed.
+    fn put_jobset(&self, project: &str, jobset: &str, body: Value) {
+        let path = format!("/api/v1/projects/{project}/jobsets/{jobset}");
+        let (status, answer) = self.call("PUT", &path, Some(&body));
+        assert_eq!(status, 201, "PUT {path}: {answer}");
+    }
+
+    /// Creates a legacy jobset through the API with polling off (evaluations on request).
+    fn add_jobset(&self, project: &str, jobset: &str, repo: &Path, expression: &str) {
+        self.put_jobset(
+            project,
+            jobset,
+            serde_json::json!({
+                "url": repo.display().to_string(),
+                "expression": expression,
+                "check_interval": 0,
+            }),
+        );
+    }
+
+    /// Asks for an evaluation now; returns its id.
+    fn evaluate(&self, project: &str, jobset: &str) -> i64 {
+        let path = format!("/api/v1/projects/{project}/jobsets/{jobset}/evals");
+        let (status, answer) = self.call("POST", &path, None);
+        assert_eq!(status, 202, "POST {path}: {answer}");
+        answer["id"].as_i64().unwrap()
+    }
+
+    /// Waits until `check` returns something, polling every 200 ms.
+    fn wait_for<T>(&self, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+        let start = Instant::now();
+        loop {
+            if let Some(value) = check() {
+                return value;
+            }
+            assert!(
+                start.elapsed() < Self::DEADLINE,
+                "gave up waiting for {what}\n{}",
+                self.log_tails()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Waits until evaluation `id` is finished (succeeded or failed); returns it.
+    fn wait_eval(&self, id: i64) -> Value {
+        self.wait_for(&format!("evaluation {id}"), || {
+            let eval = self.get(&format!("/api/v1/evals/{id}"));
+            matches!(eval["status"].as_str(), Some("succeeded" | "failed")).then_some(eval)
+        })
+    }
+
+    /// Waits until evaluation `id` succeeded and every build of it finished; returns it.
+    fn wait_builds(&self, id: i64) -> Value {
+        let eval = self.wait_eval(id);
+        assert_eq!(
+            eval["status"], "succeeded",
+            "evaluation {id} failed: {}",
+            eval["error"]
+        );
+        self.wait_for(&format!("the builds of evaluation {id}"), || {
+            let eval = self.get(&format!("/api/v1/evals/{id}"));
+            eval["builds"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|b| !matches!(b["status"].as_str(), Some("queued" | "running")))
+                .then_some(eval)
+        })
+    }
+}
+
+impl FarmApi for TestFarm {
+    const DEADLINE: Duration = DEADLINE;
+
+    fn api_addr(&self) -> std::net::SocketAddr {
+        self.kiln.addr
+    }
+
+    fn log_tails(&self) -> String {
+        self.kiln.log_tail()
+    }
+}
+
 impl TestFarm {
     /// A farm with one worker and no jobsets.
     pub fn start() -> TestFarmBuilder {
@@ -196,101 +316,6 @@ impl TestFarm {
         git(repo, &["add", "-A"]);
         git(repo, &["commit", "-q", "-m", "change"]);
         git(repo, &["rev-parse", "HEAD"])
-    }
-
-    /// Sends a request with a JSON body (or none); returns the status and the JSON answer.
-    pub fn call(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
-        let bytes = body.map(|b| serde_json::to_vec(b).unwrap());
-        let response = match &bytes {
-            Some(b) => http_request(
-                self.kiln.addr,
-                method,
-                path,
-                &[("Content-Type", "application/json")],
-                Body::Bytes(b),
-            ),
-            None => http_request(self.kiln.addr, method, path, &[], Body::Empty),
-        };
-        let value = serde_json::from_slice(&response.body).unwrap_or(Value::Null);
-        (response.status, value)
-    }
-
-    /// `GET path`, which must answer 200 with JSON.
-    pub fn get(&self, path: &str) -> Value {
-        let (status, value) = self.call("GET", path, None);
-        assert_eq!(status, 200, "GET {path}: {value}\n{}", self.kiln.log_tail());
-        value
-    }
-
-    /// Creates a legacy jobset through the API with polling off (evaluations on request).
-    pub fn add_jobset(&self, project: &str, jobset: &str, repo: &Path, expression: &str) {
-        self.put_jobset(
-            project,
-            jobset,
-            serde_json::json!({
-                "url": repo.display().to_string(),
-                "expression": expression,
-                "check_interval": 0,
-            }),
-        );
-    }
-
-    /// `PUT` a jobset with `body`; must succeed.
-    pub fn put_jobset(&self, project: &str, jobset: &str, body: Value) {
-        let path = format!("/api/v1/projects/{project}/jobsets/{jobset}");
-        let (status, answer) = self.call("PUT", &path, Some(&body));
-        assert_eq!(status, 201, "PUT {path}: {answer}");
-    }
-
-    /// Asks for an evaluation now; returns its id.
-    pub fn evaluate(&self, project: &str, jobset: &str) -> i64 {
-        let path = format!("/api/v1/projects/{project}/jobsets/{jobset}/evals");
-        let (status, answer) = self.call("POST", &path, None);
-        assert_eq!(status, 202, "POST {path}: {answer}");
-        answer["id"].as_i64().unwrap()
-    }
-
-    /// Waits until `check` returns something, polling every 200 ms.
-    pub fn wait_for<T>(&self, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
-        let start = Instant::now();
-        loop {
-            if let Some(value) = check() {
-                return value;
-            }
-            assert!(
-                start.elapsed() < DEADLINE,
-                "gave up waiting for {what}\n{}",
-                self.kiln.log_tail()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-
-    /// Waits until evaluation `id` is finished (succeeded or failed); returns it.
-    pub fn wait_eval(&self, id: i64) -> Value {
-        self.wait_for(&format!("evaluation {id}"), || {
-            let eval = self.get(&format!("/api/v1/evals/{id}"));
-            matches!(eval["status"].as_str(), Some("succeeded" | "failed")).then_some(eval)
-        })
-    }
-
-    /// Waits until evaluation `id` succeeded and every build of it finished; returns it.
-    pub fn wait_builds(&self, id: i64) -> Value {
-        let eval = self.wait_eval(id);
-        assert_eq!(
-            eval["status"], "succeeded",
-            "evaluation {id} failed: {}",
-            eval["error"]
-        );
-        self.wait_for(&format!("the builds of evaluation {id}"), || {
-            let eval = self.get(&format!("/api/v1/evals/{id}"));
-            eval["builds"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .all(|b| !matches!(b["status"].as_str(), Some("queued" | "running")))
-                .then_some(eval)
-        })
     }
 
     /// The build of `job` in evaluation `eval` (as listed in the evaluation).
