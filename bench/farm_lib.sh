@@ -87,3 +87,21 @@ nix_build() {
     end=$(now)
     python3 -c "print(f'{$end - $start:.2f}')"
 }
+
+# trivial_expr SALT N: a release.nix of N independent trivial derivations (each writes one line),
+# whose output paths differ with SALT, so that each side of a comparison builds its own.
+trivial_expr() {
+    cat <<NIX
+{ system ? builtins.currentSystem }:
+builtins.listToAttrs (builtins.genList (i: {
+  name = "t\${toString i}";
+  value = derivation {
+    name = "trivial-\${toString i}";
+    inherit system;
+    salt = "$1";
+    builder = "/bin/sh";
+    args = [ "-c" "echo \${toString i} > \$out" ];
+  };
+}) $2)
+NIX
+}

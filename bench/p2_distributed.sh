@@ -34,23 +34,7 @@ export KILN_SERVICES_RABBITMQ_DIST_PORT=${KILN_SERVICES_RABBITMQ_DIST_PORT:-4577
 echo "building kiln (release)..." >&2
 cargo build --release --quiet --manifest-path "$repo/Cargo.toml" --bin kiln
 
-expr() {
-    cat <<NIX
-{ system ? builtins.currentSystem }:
-builtins.listToAttrs (builtins.genList (i: {
-  name = "t\${toString i}";
-  value = derivation {
-    name = "trivial-\${toString i}";
-    inherit system;
-    salt = "$1";
-    builder = "/bin/sh";
-    args = [ "-c" "echo \${toString i} > \$out" ];
-  };
-}) $n)
-NIX
-}
-
-for side in nix up dist; do mkdir -p "$work/$side"; expr "$side" > "$work/$side/release.nix"; done
+for side in nix up dist; do mkdir -p "$work/$side"; trivial_expr "$side" "$n" > "$work/$side/release.nix"; done
 git_repo "$work/up"
 git_repo "$work/dist"
 

@@ -15,25 +15,9 @@ n=${1:-500}
 echo "building kiln (release)..." >&2
 cargo build --release --quiet --manifest-path "$repo/Cargo.toml" --bin kiln
 
-expr() {
-    cat <<NIX
-{ system ? builtins.currentSystem }:
-builtins.listToAttrs (builtins.genList (i: {
-  name = "t\${toString i}";
-  value = derivation {
-    name = "trivial-\${toString i}";
-    inherit system;
-    salt = "$1";
-    builder = "/bin/sh";
-    args = [ "-c" "echo \${toString i} > \$out" ];
-  };
-}) $n)
-NIX
-}
-
 mkdir -p "$work/nix" "$work/kiln"
-expr nix > "$work/nix/release.nix"
-expr kiln > "$work/kiln/release.nix"
+trivial_expr nix "$n" > "$work/nix/release.nix"
+trivial_expr kiln "$n" > "$work/kiln/release.nix"
 git_repo "$work/kiln"
 nix_s=$(nix_build 2 "$work/nix" "$work/nix-store")
 start_kiln 2 "$work/kiln-data"
