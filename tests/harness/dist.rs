@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use tempfile::TempDir;
 
-use super::farm::{FarmApi, TestFarm, git, step_ids, write_files};
+use super::farm::{FarmApi, TestFarm, new_repo, step_ids};
 use super::{NixStore, kiln_bin};
 
 /// How long a wait may last before the test fails (hang protection only).
@@ -670,13 +670,7 @@ impl DistFarm {
 
     /// A new git repository `name` with `files` committed on `main`; returns its path.
     pub fn repo(&self, name: &str, files: &[(&str, &str)]) -> PathBuf {
-        let dir = self.repos.path().join(name);
-        std::fs::create_dir_all(&dir).unwrap();
-        git(&dir, &["init", "-q"]);
-        write_files(&dir, files);
-        git(&dir, &["add", "-A"]);
-        git(&dir, &["commit", "-q", "-m", "initial"]);
-        dir
+        new_repo(self.repos.path(), name, files)
     }
 
     /// The statuses of an evaluation's builds: job → status.

@@ -40,6 +40,18 @@ pub struct TestFarm {
     pub repos: tempfile::TempDir,
 }
 
+/// A new git repository `root/name` with `files` committed on its default branch; returns its
+/// path.
+pub fn new_repo(root: &Path, name: &str, files: &[(&str, &str)]) -> PathBuf {
+    let dir = root.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    git(&dir, &["init", "-q"]);
+    write_files(&dir, files);
+    git(&dir, &["add", "-A"]);
+    git(&dir, &["commit", "-q", "-m", "initial"]);
+    dir
+}
+
 /// The farm's HTTP API as tests drive it, for `kiln up` ([`TestFarm`]) and the distributed farm
 /// (`DistFarm`) alike.
 pub trait FarmApi {
@@ -291,13 +303,7 @@ pub fn copy_tree(from: &Path, to: &Path) {
 impl TestFarm {
     /// A new git repository `name` with `files` committed on `main`; returns its path.
     pub fn repo(&self, name: &str, files: &[(&str, &str)]) -> PathBuf {
-        let dir = self.repos.path().join(name);
-        std::fs::create_dir_all(&dir).unwrap();
-        git(&dir, &["init", "-q"]);
-        write_files(&dir, files);
-        git(&dir, &["add", "-A"]);
-        git(&dir, &["commit", "-q", "-m", "initial"]);
-        dir
+        new_repo(self.repos.path(), name, files)
     }
 
     /// A new git repository `name` holding a copy of the directory `from`.
